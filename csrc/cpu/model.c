@@ -1,0 +1,349 @@
+/* The whole model: parameter layout, buffers, forward and backward (the llm.c way). */
+#define _POSIX_C_SOURCE 200112L
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../polyvit.h"
+
+#define ALIGN_FLOATS 16 /* 64-byte alignment of every tensor in the buffers */
+
+int pv_config_check(const pv_config *c) {
+    if (c->img_size <= 0 || c->patch_size <= 0 || c->in_chans <= 0 || c->embed_dim <= 0 ||
+        c->depth <= 0 || c->num_heads <= 0 || c->hidden <= 0 || c->num_classes <= 0)
+        return pv_set_error(PV_ERR_VALUE, "every size in the config must be positive");
+    if (c->depth > PV_MAX_DEPTH)
+        return pv_set_error(PV_ERR_VALUE, "depth %d exceeds the engine's maximum of %d", c->depth,
+                            PV_MAX_DEPTH);
+    if (c->img_size % c->patch_size)
+        return pv_set_error(PV_ERR_VALUE, "img_size %d is not a multiple of patch_size %d",
+                            c->img_size, c->patch_size);
+    if (c->embed_dim % c->num_heads)
+        return pv_set_error(PV_ERR_VALUE, "embed_dim %d is not divisible by num_heads %d",
+                            c->embed_dim, c->num_heads);
+    if (!(c->ln_eps > 0.0f)) return pv_set_error(PV_ERR_VALUE, "ln_eps must be positive");
+    long long T = (long long)(c->img_size / c->patch_size) * (c->img_size / c->patch_size) + 1;
+    if (T > 100000) return pv_set_error(PV_ERR_VALUE, "too many tokens (%lld)", T);
+    for (int i = 0; i < c->depth; i++) {
+        if (c->act[i] != PV_ACT_GELU && c->act[i] != PV_ACT_POLY)
+            return pv_set_error(PV_ERR_VALUE, "block %d: unknown activation code %d", i, c->act[i]);
+        int w = c->poly_width[i];
+        if (c->act[i] == PV_ACT_GELU ? w != 0 : (w != 1 && w != c->hidden))
+            return pv_set_error(PV_ERR_VALUE, "block %d: poly width %d must be 1 or %d", i, w,
+                                c->hidden);
+    }
+    return PV_OK;
+}
+
+/* ---- layout ---------------------------------------------------------------------------- */
+typedef struct {
+    pv_tensor *t;
+    int n, cap;
+    size_t off;
+} layout;
+
+static void add(layout *L, int group, int ndim, int d0, int d1, int d2, int d3, const char *fmt,
+                ...) {
+    if (L->t && L->n < L->cap) {
+        pv_tensor *t = &L->t[L->n];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(t->name, PV_NAME_MAX, fmt, ap);
+        va_end(ap);
+        int d[4] = {d0, d1, d2, d3};
+        t->ndim = ndim;
+        t->size = 1;
+        for (int i = 0; i < 4; i++) {
+            t->shape[i] = i < ndim ? d[i] : 1;
+            if (i < ndim) t->size *= (size_t)d[i];
+        }
+        t->offset = L->off;
+        t->group = group;
+        L->off += (t->size + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+    }
+    L->n++;
+}
+
+/* Same order and names as ViTConfig.param_specs() in polyvit/config.py. */
+static void build_layout(layout *L, const pv_config *c) {
+    int C = c->embed_dim, H = c->hidden, p = c->patch_size, K = c->num_classes;
+    int T = (c->img_size / p) * (c->img_size / p) + 1;
+    add(L, PV_GROUP_EMBED, 3, 1, 1, C, 0, "cls_token");
+    add(L, PV_GROUP_EMBED, 3, 1, T, C, 0, "pos_embed");
+    add(L, PV_GROUP_DECAY, 4, C, c->in_chans, p, p, "patch_embed.proj.weight");
+    add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "patch_embed.proj.bias");
+    for (int i = 0; i < c->depth; i++) {
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm1.weight", i);
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm1.bias", i);
+        add(L, PV_GROUP_DECAY, 2, 3 * C, C, 0, 0, "blocks.%d.attn.qkv.weight", i);
+        add(L, PV_GROUP_NO_DECAY, 1, 3 * C, 0, 0, 0, "blocks.%d.attn.qkv.bias", i);
+        add(L, PV_GROUP_DECAY, 2, C, C, 0, 0, "blocks.%d.attn.proj.weight", i);
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.attn.proj.bias", i);
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm2.weight", i);
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm2.bias", i);
+        add(L, PV_GROUP_DECAY, 2, H, C, 0, 0, "blocks.%d.mlp.fc1.weight", i);
+        add(L, PV_GROUP_NO_DECAY, 1, H, 0, 0, 0, "blocks.%d.mlp.fc1.bias", i);
+        if (c->act[i] == PV_ACT_POLY) {
+            int w = c->poly_width[i];
+            add(L, PV_GROUP_POLY, 1, w, 0, 0, 0, "blocks.%d.mlp.act.a", i);
+            add(L, PV_GROUP_POLY, 1, w, 0, 0, 0, "blocks.%d.mlp.act.b", i);
+            add(L, PV_GROUP_POLY, 1, w, 0, 0, 0, "blocks.%d.mlp.act.c", i);
+            add(L, PV_GROUP_POLY, 1, w, 0, 0, 0, "blocks.%d.mlp.act.s", i);
+        }
+        add(L, PV_GROUP_DECAY, 2, C, H, 0, 0, "blocks.%d.mlp.fc2.weight", i);
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.mlp.fc2.bias", i);
+    }
+    add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "norm.weight");
+    add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "norm.bias");
+    add(L, PV_GROUP_DECAY, 2, K, C, 0, 0, "head.weight");
+    add(L, PV_GROUP_NO_DECAY, 1, K, 0, 0, 0, "head.bias");
+}
+
+/* bind the named pointers of a buffer (params or grads) in layout order */
+static void bind(pv_params *P, float *base, const pv_model *m) {
+    const pv_tensor *t = m->tensors;
+    int k = 0;
+#define NEXT (base + t[k++].offset)
+    P->cls = NEXT;
+    P->pos = NEXT;
+    P->pe_w = NEXT;
+    P->pe_b = NEXT;
+    for (int i = 0; i < m->cfg.depth; i++) {
+        pv_block_params *b = &P->blk[i];
+        b->ln1_w = NEXT; b->ln1_b = NEXT; b->qkv_w = NEXT; b->qkv_b = NEXT;
+        b->proj_w = NEXT; b->proj_b = NEXT; b->ln2_w = NEXT; b->ln2_b = NEXT;
+        b->fc1_w = NEXT; b->fc1_b = NEXT;
+        if (m->cfg.act[i] == PV_ACT_POLY) {
+            b->pa = NEXT; b->pb = NEXT; b->pc = NEXT; b->ps = NEXT;
+        } else {
+            b->pa = b->pb = b->pc = b->ps = NULL;
+        }
+        b->fc2_w = NEXT; b->fc2_b = NEXT;
+    }
+    P->lnf_w = NEXT;
+    P->lnf_b = NEXT;
+    P->head_w = NEXT;
+    P->head_b = NEXT;
+#undef NEXT
+}
+
+static float *aligned_floats(size_t n) {
+    void *p = NULL;
+    if (n == 0) n = 1;
+    size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, bytes)) return NULL;
+    memset(p, 0, bytes);
+    return (float *)p;
+}
+
+/* carve the activation arena; with base == NULL only counts */
+static size_t carve_acts(pv_model *m, float *base) {
+    size_t off = 0;
+    size_t B = (size_t)m->max_batch, T = m->T, C = m->C, H = m->H, NH = m->NH;
+#define TAKE(ptr, n)                                                   \
+    do {                                                               \
+        if (base) (ptr) = base + off;                                  \
+        off += ((size_t)(n) + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; \
+    } while (0)
+    TAKE(m->patches, B * m->N * m->patch_dim);
+    TAKE(m->x0, B * T * C);
+    for (int i = 0; i < m->cfg.depth; i++) {
+        pv_block_acts *a = &m->blk[i];
+        TAKE(a->ln1, B * T * C);
+        TAKE(a->ln1_mean, B * T);
+        TAKE(a->ln1_rstd, B * T);
+        TAKE(a->qkv, B * T * 3 * C);
+        TAKE(a->att, B * NH * T * T);
+        TAKE(a->attn_y, B * T * C);
+        TAKE(a->x_mid, B * T * C);
+        TAKE(a->ln2, B * T * C);
+        TAKE(a->ln2_mean, B * T);
+        TAKE(a->ln2_rstd, B * T);
+        TAKE(a->h, B * T * H);
+        TAKE(a->a, B * T * H);
+        TAKE(a->x_out, B * T * C);
+    }
+    TAKE(m->lnf, B * C);
+    TAKE(m->lnf_mean, B);
+    TAKE(m->lnf_rstd, B);
+    TAKE(m->logits, B * m->K);
+    TAKE(m->d_x, B * T * C);
+    TAKE(m->d_buf, B * T * C);
+    TAKE(m->d_qkv, B * T * 3 * C);
+    TAKE(m->d_h, B * T * H);
+#undef TAKE
+    return off;
+}
+
+void pv_model_free(pv_model *m) {
+    if (!m) return;
+    free(m->tensors);
+    free(m->params);
+    free(m->grads);
+    free(m->m);
+    free(m->v);
+    free(m->act_mem);
+    free(m->d_att);
+    free(m->d_poly);
+    free(m);
+}
+
+static int ensure_att_scratch(pv_model *m) {
+    int nt = pv_get_num_threads();
+    if (m->d_att && m->d_att_threads >= nt) return PV_OK;
+    float *s = aligned_floats((size_t)nt * m->T * m->T);
+    if (!s)
+        return pv_set_error(PV_ERR_NOMEM, "out of memory for attention scratch (%d threads)", nt);
+    free(m->d_att);
+    m->d_att = s;
+    m->d_att_threads = nt;
+    return PV_OK;
+}
+
+int pv_model_create(pv_model **out, const pv_config *cfg, int max_batch) {
+    *out = NULL;
+    int rc = pv_config_check(cfg);
+    if (rc) return rc;
+    if (max_batch <= 0) return pv_set_error(PV_ERR_VALUE, "max_batch must be positive, got %d", max_batch);
+    pv_model *m = (pv_model *)calloc(1, sizeof(pv_model));
+    if (!m) return pv_set_error(PV_ERR_NOMEM, "out of memory allocating the model");
+    m->cfg = *cfg;
+    m->N = (cfg->img_size / cfg->patch_size) * (cfg->img_size / cfg->patch_size);
+    m->T = m->N + 1;
+    m->C = cfg->embed_dim;
+    m->H = cfg->hidden;
+    m->NH = cfg->num_heads;
+    m->K = cfg->num_classes;
+    m->patch_dim = cfg->in_chans * cfg->patch_size * cfg->patch_size;
+    m->max_batch = max_batch;
+
+    layout L = {0};
+    build_layout(&L, cfg); /* count */
+    L.t = (pv_tensor *)calloc((size_t)L.n, sizeof(pv_tensor));
+    if (!L.t) goto nomem;
+    L.cap = L.n;
+    L.n = 0;
+    L.off = 0;
+    build_layout(&L, cfg);
+    m->tensors = L.t;
+    m->n_tensors = L.n;
+    m->n_params = L.off;
+    m->params = aligned_floats(m->n_params);
+    m->grads = aligned_floats(m->n_params);
+    m->m = aligned_floats(m->n_params);
+    m->v = aligned_floats(m->n_params);
+    if (!m->params || !m->grads || !m->m || !m->v) goto nomem;
+    bind(&m->P, m->params, m);
+    bind(&m->G, m->grads, m);
+
+    m->act_floats = carve_acts(m, NULL);
+    m->act_mem = aligned_floats(m->act_floats);
+    if (!m->act_mem) {
+        double gib = m->act_floats * 4.0 / (1 << 30);
+        pv_model_free(m);
+        return pv_set_error(PV_ERR_NOMEM,
+                            "out of memory allocating activations for max_batch %d (%.2f GiB); "
+                            "use a smaller max_batch",
+                            max_batch, gib);
+    }
+    carve_acts(m, m->act_mem);
+    m->d_poly = (double *)calloc((size_t)3 * m->H, sizeof(double));
+    if (!m->d_poly || ensure_att_scratch(m)) goto nomem;
+    *out = m;
+    return PV_OK;
+nomem:
+    pv_model_free(m);
+    return pv_set_error(PV_ERR_NOMEM, "out of memory allocating the model's buffers");
+}
+
+/* ---- forward --------------------------------------------------------------------------- */
+int pv_model_forward(pv_model *m, const float *images, int B) {
+    if (B <= 0 || B > m->max_batch)
+        return pv_set_error(PV_ERR_VALUE, "batch of %d images does not fit: this model was "
+                            "allocated for at most %d (max_batch)", B, m->max_batch);
+    const pv_config *c = &m->cfg;
+    int T = m->T, C = m->C, H = m->H, NH = m->NH, N = m->N;
+    size_t BT = (size_t)B * T;
+    m->last_batch = 0;
+
+    /* patch embedding: im2col + GEMM into d_buf (as scratch), then tokens + pos */
+    patch_im2col(m->patches, images, B, c->in_chans, c->img_size, c->patch_size);
+    matmul_forward(m->d_buf, m->patches, m->P.pe_w, m->P.pe_b, NULL, B * N, m->patch_dim, C);
+    tokens_assemble(m->x0, m->d_buf, m->P.cls, m->P.pos, B, T, C);
+
+    const float *x = m->x0;
+    for (int l = 0; l < c->depth; l++) {
+        pv_block_acts *a = &m->blk[l];
+        pv_block_params *p = &m->P.blk[l];
+        layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, (int)BT, C,
+                          c->ln_eps, C);
+        matmul_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, NULL, (int)BT, C, 3 * C);
+        attention_forward(a->attn_y, a->att, a->qkv, B, T, C, NH);
+        matmul_forward(a->x_mid, a->attn_y, p->proj_w, p->proj_b, x, (int)BT, C, C);
+        layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, p->ln2_w, p->ln2_b, (int)BT,
+                          C, c->ln_eps, C);
+        matmul_forward(a->h, a->ln2, p->fc1_w, p->fc1_b, NULL, (int)BT, C, H);
+        if (c->act[l] == PV_ACT_GELU)
+            gelu_forward(a->a, a->h, BT * H);
+        else
+            poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT, H);
+        matmul_forward(a->x_out, a->a, p->fc2_w, p->fc2_b, a->x_mid, (int)BT, H, C);
+        x = a->x_out;
+    }
+    /* final norm on the class tokens only (row stride T*C), then the head */
+    layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, m->P.lnf_w, m->P.lnf_b, B, C,
+                      c->ln_eps, (size_t)T * C);
+    matmul_forward(m->logits, m->lnf, m->P.head_w, m->P.head_b, NULL, B, C, m->K);
+    m->last_batch = B;
+    return PV_OK;
+}
+
+/* ---- backward -------------------------------------------------------------------------- */
+int pv_model_backward(pv_model *m, const float *dlogits, int B) {
+    if (m->last_batch == 0)
+        return pv_set_error(PV_ERR_RUNTIME, "backward needs a forward on the same batch first "
+                            "(the saved activations are not valid)");
+    if (B != m->last_batch)
+        return pv_set_error(PV_ERR_VALUE, "dlogits has batch %d but the last forward had %d", B,
+                            m->last_batch);
+    int rc = ensure_att_scratch(m);
+    if (rc) return rc;
+    const pv_config *c = &m->cfg;
+    int T = m->T, C = m->C, H = m->H, NH = m->NH, N = m->N;
+    size_t BT = (size_t)B * T;
+    const float *xL = c->depth ? m->blk[c->depth - 1].x_out : m->x0;
+
+    /* head and final norm: the gradient enters the residual stream at the class tokens only */
+    matmul_backward(m->d_buf, m->G.head_w, m->G.head_b, dlogits, m->lnf, m->P.head_w, B, C, m->K, 0);
+    memset(m->d_x, 0, sizeof(float) * BT * C);
+    layernorm_backward(m->d_x, m->G.lnf_w, m->G.lnf_b, m->d_buf, xL, m->P.lnf_w, m->lnf_mean,
+                       m->lnf_rstd, B, C, (size_t)T * C, (size_t)T * C);
+
+    for (int l = c->depth - 1; l >= 0; l--) {
+        pv_block_acts *a = &m->blk[l];
+        pv_block_params *p = &m->P.blk[l], *g = &m->G.blk[l];
+        const float *x_in = l ? m->blk[l - 1].x_out : m->x0;
+        /* MLP: d_x is the gradient at x_out (and, by the residual, at x_mid) */
+        matmul_backward(m->d_h, g->fc2_w, g->fc2_b, m->d_x, a->a, p->fc2_w, (int)BT, H, C, 0);
+        if (c->act[l] == PV_ACT_GELU)
+            gelu_backward(m->d_h, a->h, m->d_h, BT * H);
+        else
+            poly_backward(m->d_h, g->pa, g->pb, g->pc, g->ps, a->h, m->d_h, p->pa, p->pb, p->pc,
+                          p->ps, c->poly_width[l], BT, H, m->d_poly);
+        matmul_backward(m->d_buf, g->fc1_w, g->fc1_b, m->d_h, a->ln2, p->fc1_w, (int)BT, C, H, 0);
+        layernorm_backward(m->d_x, g->ln2_w, g->ln2_b, m->d_buf, a->x_mid, p->ln2_w, a->ln2_mean,
+                           a->ln2_rstd, (int)BT, C, C, C);
+        /* attention: d_x is now the gradient at x_mid (and, by the residual, at x_in) */
+        matmul_backward(m->d_buf, g->proj_w, g->proj_b, m->d_x, a->attn_y, p->proj_w, (int)BT, C, C, 0);
+        attention_backward(m->d_qkv, m->d_att, m->d_buf, a->att, a->qkv, B, T, C, NH);
+        matmul_backward(m->d_buf, g->qkv_w, g->qkv_b, m->d_qkv, a->ln1, p->qkv_w, (int)BT, C, 3 * C, 0);
+        layernorm_backward(m->d_x, g->ln1_w, g->ln1_b, m->d_buf, x_in, p->ln1_w, a->ln1_mean,
+                           a->ln1_rstd, (int)BT, C, C, C);
+    }
+    /* embedding: position/class gradients, then the patch projection (no image gradient) */
+    tokens_backward(m->G.cls, m->G.pos, m->d_buf, m->d_x, B, T, C);
+    matmul_backward(NULL, m->G.pe_w, m->G.pe_b, m->d_buf, m->patches, m->P.pe_w, B * N,
+                    m->patch_dim, C, 0);
+    return PV_OK;
+}

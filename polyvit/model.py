@@ -1,0 +1,318 @@
+"""The public model: a ViT held by the C engine, with NumPy views of its parameters."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
+
+import numpy as np
+
+from ._checks import as_float32, check_finite
+from ._lib import _C
+from .activations import gelu_quadratic_fit
+from .config import ViTConfig, normalise_blocks, preset_config
+
+_ACT_CODE = {"gelu": 0, "poly": 1}
+
+
+def _engine_config(cfg: ViTConfig) -> Dict[str, Any]:
+    return dict(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+                embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                hidden=cfg.mlp_hidden, num_classes=cfg.num_classes, ln_eps=cfg.ln_eps,
+                act=[_ACT_CODE[a] for a in cfg.act],
+                poly_width=[cfg.poly_width(i) for i in range(cfg.depth)])
+
+
+class ViT:
+    """A Vision Transformer (timm's layout) whose forward and backward run in polyvit's C engine.
+
+    ``max_batch`` sizes the activation memory, allocated once: training steps take at most that
+    many images; ``forward`` splits larger inputs into chunks.
+    """
+
+    def __init__(self, config: Union[ViTConfig, Dict[str, Any]], max_batch: int = 64,
+                 seed: Optional[int] = 0):
+        if isinstance(config, dict):
+            config = ViTConfig.from_dict(config)
+        if not isinstance(config, ViTConfig):
+            raise TypeError(f"config must be a ViTConfig or a dict, got {type(config).__name__}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        self.config = config
+        self._build(int(max_batch))
+        if seed is not None:
+            self.init_weights(seed)
+
+    # construction -------------------------------------------------------------------------
+    def _build(self, max_batch: int) -> None:
+        self._engine = _C.Engine(_engine_config(self.config), max_batch)
+        table = self._engine.tensors()
+        specs = self.config.param_specs()
+        # the C layout and the Python spec are written separately; they must agree exactly
+        assert [(n, tuple(s), g) for n, s, _, g in table] == [(n, s, g) for n, s, g in specs], \
+            "engine layout disagrees with ViTConfig.param_specs()"
+        self._layout = [(n, tuple(s), off, g) for n, s, off, g in table]
+        self.params = self._views("params")
+        self.grads = self._views("grads")
+        self._moments = (self._views("m"), self._views("v"))
+        self.param_groups = {n: g for n, _, _, g in self._layout}
+        self._last_forward_chunked = False
+
+    def _views(self, which: str) -> Dict[str, np.ndarray]:
+        buf = self._engine.buffer(which)
+        out = {}
+        for name, shape, off, _ in self._layout:
+            size = int(np.prod(shape))
+            out[name] = buf[off:off + size].reshape(shape)
+        return out
+
+    @classmethod
+    def preset(cls, name: str, max_batch: int = 64, seed: Optional[int] = 0, **overrides) -> "ViT":
+        """A model from a named preset (``polyvit.PRESETS``); keyword overrides go to the config."""
+        return cls(preset_config(name, **overrides), max_batch=max_batch, seed=seed)
+
+    def init_weights(self, seed: int = 0) -> None:
+        """timm's initialisation: linear weights N(0, 0.02) truncated at +-2, zero biases, unit
+        norms, position embedding N(0, 0.02), class token N(0, 1e-6); the patch projection as
+        PyTorch's Conv2d default (uniform +-1/sqrt(fan_in)); poly blocks get the default fit."""
+        rng = np.random.default_rng(seed)
+        for name, shape, _, group in self._layout:
+            p = self.params[name]
+            if name == "cls_token":
+                p[...] = rng.normal(0.0, 1e-6, shape)
+            elif name == "pos_embed":
+                p[...] = _trunc_normal(rng, shape, 0.02)
+            elif name.startswith("patch_embed.proj."):
+                fan_in = self.config.in_chans * self.config.patch_size ** 2
+                p[...] = rng.uniform(-1, 1, shape) / math.sqrt(fan_in)
+            elif group == "decay":
+                p[...] = _trunc_normal(rng, shape, 0.02)
+            elif group == "poly":
+                pass
+            elif name.endswith("weight"):  # norms
+                p[...] = 1.0
+            else:
+                p[...] = 0.0
+        a, b, c = gelu_quadratic_fit()
+        for i in range(self.config.depth):
+            if self.config.act[i] == "poly":
+                self._set_coeffs(i, {"a": a, "b": b, "c": c, "s": 1.0})
+
+    # properties ---------------------------------------------------------------------------
+    @property
+    def max_batch(self) -> int:
+        return self._engine.max_batch
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.prod(s) for _, s, _, _ in self._layout))
+
+    def __repr__(self) -> str:
+        c = self.config
+        acts = "".join("P" if a == "poly" else "G" for a in c.act)
+        return (f"ViT(img={c.img_size}, patch={c.patch_size}, dim={c.embed_dim}, depth={c.depth}, "
+                f"heads={c.num_heads}, mlp={c.mlp_hidden}, classes={c.num_classes}, "
+                f"blocks={acts}, params={self.num_params:,}, max_batch={self.max_batch})")
+
+    # forward / backward -------------------------------------------------------------------
+    def _images(self, x) -> np.ndarray:
+        a = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if a.dtype.kind in "iub":
+            raise TypeError(f"images must be floating point (float32, NCHW, already normalised); "
+                            f"got dtype {a.dtype}. Convert uint8 images first, e.g. "
+                            f"(x / 255 - mean) / std")
+        a = as_float32(a, "images")
+        c = self.config
+        want = (c.in_chans, c.img_size, c.img_size)
+        if a.ndim == 3 and a.shape == want:
+            raise ValueError(f"images must be a batch of shape (B, {c.in_chans}, {c.img_size}, "
+                             f"{c.img_size}); for one image use x[None]")
+        if a.ndim != 4 or a.shape[1:] != want:
+            raise ValueError(f"images must have shape (B, {c.in_chans}, {c.img_size}, "
+                             f"{c.img_size}) (NCHW), got {a.shape}")
+        if a.shape[0] == 0:
+            raise ValueError("images is an empty batch")
+        check_finite(a, "images")
+        return a
+
+    def forward(self, x, capture: Union[bool, Iterable[int], int] = False):
+        """Logits (B, num_classes) for float32 NCHW images.
+
+        ``capture=True`` (or a list of block indices) also returns ``{block: (B, T, H) array}``
+        of each block's MLP pre-activations (the fc1 output the activation sees).
+        """
+        x = self._images(x)
+        blocks = [] if capture is False or capture is None else \
+            normalise_blocks(None if capture is True else capture, self.config.depth)
+        mb, B = self.max_batch, x.shape[0]
+        logits, caps = [], {i: [] for i in blocks}
+        for s in range(0, B, mb):
+            logits.append(self._engine.forward(x[s:s + mb]))
+            for i in blocks:
+                caps[i].append(self._engine.preact(i))
+        self._last_forward_chunked = B > mb
+        out = logits[0] if len(logits) == 1 else np.concatenate(logits)
+        if not blocks:
+            return out
+        return out, {i: (v[0] if len(v) == 1 else np.concatenate(v)) for i, v in caps.items()}
+
+    __call__ = forward
+
+    def backward(self, dlogits) -> None:
+        """Gradients of every parameter (into ``model.grads``, overwritten) from dL/dlogits of the
+        last forward batch."""
+        if self._last_forward_chunked:
+            raise ValueError(f"the last forward ran in chunks (batch > max_batch={self.max_batch});"
+                             f" backward needs a forward of at most max_batch images")
+        g = as_float32(dlogits, "dlogits")
+        K = self.config.num_classes
+        last = self._engine.last_batch
+        if g.ndim != 2 or g.shape[1] != K:
+            raise ValueError(f"dlogits must have shape (B, {K}), got {g.shape}")
+        if last and g.shape[0] != last:
+            raise ValueError(f"dlogits has batch {g.shape[0]} but the last forward had {last}")
+        check_finite(g, "dlogits")
+        self._engine.backward(g)
+
+    def train_step(self, x, labels=None, teacher_logits=None, loss=None, optimizer=None,
+                   lr: Optional[float] = None) -> float:
+        """Forward, loss, backward and one optimizer step; returns the loss.
+
+        A non-finite loss or gradient raises ``FloatingPointError`` before anything is updated.
+        """
+        from .losses import Loss
+
+        if loss is None:
+            loss = Loss()
+        if optimizer is None:
+            raise ValueError("train_step needs an optimizer, e.g. polyvit.AdamW(model, lr=1e-3)")
+        if optimizer.model is not self:
+            raise ValueError("the optimizer belongs to another model")
+        x = self._images(x)
+        if x.shape[0] > self.max_batch:
+            raise ValueError(f"a training batch of {x.shape[0]} exceeds max_batch="
+                             f"{self.max_batch}; build the model with a larger max_batch")
+        logits = self.forward(x)
+        value, dlogits = loss(logits, labels=labels, teacher_logits=teacher_logits)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value}; the step was skipped and the "
+                                     f"parameters are unchanged")
+        self._engine.backward(dlogits)
+        optimizer.step(lr)
+        return float(value)
+
+    # activations ---------------------------------------------------------------------------
+    def set_activation(self, blocks, kind: str, coeffs=None, per_channel: bool = False) -> None:
+        """Switch ``blocks`` to ``"gelu"`` or ``"poly"``, keeping every other weight (and the
+        optimizer moments of unchanged tensors).
+
+        ``coeffs`` for poly: ``None`` (the default quadratic fit of GELU, or the block's current
+        coefficients when it is already poly), ``(a, b, c)`` / ``(a, b, c, s)`` or a dict with
+        keys ``a, b, c[, s]``; scalars, or vectors of the MLP width with ``per_channel=True``.
+        """
+        kind = str(kind).lower()
+        if kind not in _ACT_CODE:
+            raise ValueError(f"unknown activation {kind!r}; choose 'gelu' or 'poly'")
+        idx = normalise_blocks(blocks, self.config.depth)
+        parsed = self._parse_coeffs(coeffs, per_channel) if kind == "poly" else None
+        if kind == "gelu" and coeffs is not None:
+            raise ValueError("coefficients only apply to poly activations")
+        act = list(self.config.act)
+        pc = list(self.config.poly_per_channel)
+        for i in idx:
+            act[i] = kind
+            pc[i] = bool(per_channel) if kind == "poly" else False
+        new_cfg = self.config.replace(act=act, poly_per_channel=pc)
+        old_vals = {n: v.copy() for n, v in self.params.items()}
+        # carry a poly block's current coefficients across a per-block <-> per-channel switch
+        if new_cfg != self.config:
+            old_m = {n: v.copy() for n, v in self._moments[0].items()}
+            old_v = {n: v.copy() for n, v in self._moments[1].items()}
+            old_specs = {n: s for n, s, _ in self.config.param_specs()}
+            self.config = new_cfg
+            self._build(self.max_batch)
+            for n, shape, _, _ in self._layout:
+                if n in old_vals and old_specs[n] == shape:
+                    self.params[n][...] = old_vals[n]
+                    self._moments[0][n][...] = old_m[n]
+                    self._moments[1][n][...] = old_v[n]
+        if kind == "poly":
+            a0, b0, c0 = gelu_quadratic_fit()
+            for i in idx:
+                base = {"a": a0, "b": b0, "c": c0, "s": 1.0}
+                if parsed is None:
+                    # keep existing coefficients of a block that was poly already
+                    for k in "abcs":
+                        n = f"blocks.{i}.mlp.act.{k}"
+                        if n in old_vals:
+                            base[k] = old_vals[n].mean() if old_vals[n].shape != self.params[n].shape \
+                                else old_vals[n]
+                    self._set_coeffs(i, base)
+                else:
+                    self._set_coeffs(i, {**base, **parsed})
+
+    def _parse_coeffs(self, coeffs, per_channel: bool) -> Optional[Dict[str, np.ndarray]]:
+        if coeffs is None:
+            return None
+        if isinstance(coeffs, dict):
+            unknown = set(coeffs) - set("abcs")
+            if unknown or not {"a", "b", "c"} <= set(coeffs):
+                raise ValueError(f"coefficient dict needs keys a, b, c (and optionally s); got "
+                                 f"{sorted(coeffs)}")
+            d = dict(coeffs)
+        else:
+            try:
+                seq = list(coeffs)
+            except TypeError:
+                raise TypeError("coeffs must be (a, b, c), (a, b, c, s) or a dict") from None
+            if len(seq) not in (3, 4):
+                raise ValueError(f"coeffs must have 3 or 4 entries (a, b, c[, s]), got {len(seq)}")
+            d = dict(zip("abcs", seq))
+        H = self.config.mlp_hidden
+        out = {}
+        for k, v in d.items():
+            a = as_float32(v, f"coefficient {k}")
+            if a.ndim == 0 or a.size == 1 and not per_channel:
+                a = a.reshape(1)
+            if per_channel:
+                if a.size == 1:
+                    a = np.full(H, a.reshape(-1)[0], np.float32)
+                if a.shape != (H,):
+                    raise ValueError(f"per-channel coefficient {k} must have shape ({H},), got {a.shape}")
+            elif a.shape != (1,):
+                raise ValueError(f"coefficient {k} must be a scalar (per-block); pass "
+                                 f"per_channel=True for vectors of length {H}")
+            check_finite(a, f"coefficient {k}")
+            out[k] = a
+        return out
+
+    def _set_coeffs(self, block: int, coeffs: Dict[str, Any]) -> None:
+        for k in "abcs":
+            self.params[f"blocks.{block}.mlp.act.{k}"][...] = coeffs[k]
+
+    def coefficients(self, block: int) -> Optional[Dict[str, np.ndarray]]:
+        """Copies of a poly block's a, b, c, s (None for a GELU block)."""
+        block = normalise_blocks(block, self.config.depth)[0]
+        if self.config.act[block] != "poly":
+            return None
+        return {k: self.params[f"blocks.{block}.mlp.act.{k}"].copy() for k in "abcs"}
+
+    # state ---------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of every parameter, by timm name."""
+        return {n: v.copy() for n, v in self.params.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        from .io import load_state_dict
+
+        load_state_dict(self, state_dict, strict=strict)
+
+    def save(self, path, metadata: Optional[Dict[str, str]] = None) -> None:
+        """Save to safetensors (timm names, config in the metadata)."""
+        from .io import save
+
+        save(self, path, metadata=metadata)
+
+
+def _trunc_normal(rng, shape, std):
+    # timm's trunc_normal_(std=.02) truncates at +-2 (absolute), i.e. effectively never
+    return np.clip(rng.normal(0.0, std, shape), -2.0, 2.0)
