@@ -192,6 +192,10 @@ class ViT:
             raise ValueError(f"a training batch of {x.shape[0]} exceeds max_batch="
                              f"{self.max_batch}; build the model with a larger max_batch")
         logits = self.forward(x)
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("the model's logits contain NaN or Inf (the model has "
+                                     "diverged); the step was skipped and the parameters are "
+                                     "unchanged")
         value, dlogits = loss(logits, labels=labels, teacher_logits=teacher_logits)
         if not math.isfinite(value):
             raise FloatingPointError(f"the loss is {value}; the step was skipped and the "
