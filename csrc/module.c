@@ -475,6 +475,34 @@ static PyObject *py_get_num_threads(PyObject *mod, PyObject *Py_UNUSED(ig)) {
     return PyLong_FromLong(pv_get_num_threads());
 }
 
+/* profile(enable=None, reset=False) -> {op: seconds}; enable turns per-op timing on or off */
+static PyObject *py_profile(PyObject *mod, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"enable", "reset", NULL};
+    PyObject *enable = Py_None;
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &enable, &reset)) return NULL;
+    if (enable != Py_None) {
+        int on = PyObject_IsTrue(enable);
+        if (on < 0) return NULL;
+        pv_profile_enable(on);
+    }
+    const char *names[PV_PROF_N];
+    double sec[PV_PROF_N];
+    int n = pv_profile_read(names, sec, reset);
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(sec[i]);
+        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static PyObject *py_build_info(PyObject *mod, PyObject *Py_UNUSED(ig)) {
 #ifdef _OPENMP
     int omp = _OPENMP;
@@ -497,6 +525,8 @@ static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "set the engine's thread count"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "the engine's thread count"},
     {"build_info", py_build_info, METH_NOARGS, "how this extension was built"},
+    {"profile", (PyCFunction)(void (*)(void))py_profile, METH_VARARGS | METH_KEYWORDS,
+     "profile(enable=None, reset=False) -> {op: seconds} of engine time per op"},
     {NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "polyvit._C", "polyvit's CPU engine", -1,

@@ -113,6 +113,16 @@ int pv_model_forward(pv_model *m, const float *images, int B);
 /* backward from dlogits (B,K) of the last forward; overwrites m->grads */
 int pv_model_backward(pv_model *m, const float *dlogits, int B);
 
+/* ---- optional per-op timing --------------------------------------------------------------- */
+enum {
+    PV_PROF_EMBED, PV_PROF_LN, PV_PROF_QKV, PV_PROF_ATT, PV_PROF_PROJ, PV_PROF_FC1, PV_PROF_ACT,
+    PV_PROF_FC2, PV_PROF_HEAD, PV_PROF_LN_BWD, PV_PROF_QKV_BWD, PV_PROF_ATT_BWD,
+    PV_PROF_PROJ_BWD, PV_PROF_FC1_BWD, PV_PROF_ACT_BWD, PV_PROF_FC2_BWD, PV_PROF_HEAD_BWD,
+    PV_PROF_EMBED_BWD, PV_PROF_N
+};
+void pv_profile_enable(int on);
+int pv_profile_read(const char **names, double *sec, int reset);
+
 /* ---- threads -------------------------------------------------------------------------- */
 void pv_set_num_threads(int n);
 int pv_get_num_threads(void);

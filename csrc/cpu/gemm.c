@@ -56,18 +56,26 @@ void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, co
                      const float *w, int M, int K, int N, int accumulate) {
 #pragma omp parallel
     {
+        /* The two products have the same FLOPs (M*N*K), so with several threads the pool splits
+         * in two teams, one per product, and each team partitions its own product: every GEMM
+         * call stays large (better blocking than cutting both products into thin slices). */
         int nt = PV_NT, t = PV_TID, lo, hi;
+        int both = dinp && dw && nt >= 2;
+        int n_in = both ? nt / 2 : nt;        /* threads on dinp: 0 .. n_in-1 */
+        int in_team = !both || t < n_in;      /* this thread works on dinp */
+        int w_team = !both || t >= n_in;      /* this thread works on dw */
+        int n_w = both ? nt - n_in : nt, tw = both ? t - n_in : t;
         /* dinp(M,K) = dout(M,N) @ w(N,K): rows split */
-        if (dinp) {
-            split(M, nt, t, 8, &lo, &hi);
+        if (dinp && in_team) {
+            split(M, n_in, t, 8, &lo, &hi);
             if (hi > lo)
                 PV_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, hi - lo, K, N, 1.0f,
                          dout + (size_t)lo * N, N, w, K, accumulate ? 1.0f : 0.0f,
                          dinp + (size_t)lo * K, K);
         }
         /* dw(N,K) = dout^T(N,M) @ inp(M,K): split the output rows (N), full reduction over M */
-        if (dw) {
-            split(N, nt, t, 8, &lo, &hi);
+        if (dw && w_team) {
+            split(N, n_w, tw, 8, &lo, &hi);
             if (hi > lo)
                 PV_SGEMM(CblasRowMajor, CblasTrans, CblasNoTrans, hi - lo, K, M, 1.0f, dout + lo,
                          N, inp, K, 0.0f, dw + (size_t)lo * K, K);

@@ -1,5 +1,5 @@
 /* The whole model: parameter layout, buffers, forward and backward (the llm.c way). */
-#define _POSIX_C_SOURCE 200112L
+#define _POSIX_C_SOURCE 200112L /* posix_memalign, clock_gettime */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +8,37 @@
 #include "../polyvit.h"
 
 #define ALIGN_FLOATS 16 /* 64-byte alignment of every tensor in the buffers */
+
+/* ---- optional per-op timing (polyvit._C.profile): off unless asked for --------------------- */
+#include <time.h>
+static int prof_on = 0;
+static double prof_sec[PV_PROF_N];
+static const char *prof_names[PV_PROF_N] = {
+    "patch_embed", "layernorm", "matmul_qkv", "attention", "matmul_proj", "matmul_fc1",
+    "activation", "matmul_fc2", "head", "layernorm_bwd", "matmul_qkv_bwd", "attention_bwd",
+    "matmul_proj_bwd", "matmul_fc1_bwd", "activation_bwd", "matmul_fc2_bwd", "head_bwd",
+    "embed_bwd"};
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+#define PROF(cat, stmt)                                  \
+    do {                                                 \
+        double t0_ = prof_on ? now() : 0.0;              \
+        stmt;                                            \
+        if (prof_on) prof_sec[cat] += now() - t0_;       \
+    } while (0)
+
+void pv_profile_enable(int on) { prof_on = on; }
+int pv_profile_read(const char **names, double *sec, int reset) {
+    for (int i = 0; i < PV_PROF_N; i++) {
+        names[i] = prof_names[i];
+        sec[i] = prof_sec[i];
+        if (reset) prof_sec[i] = 0.0;
+    }
+    return PV_PROF_N;
+}
 
 int pv_config_check(const pv_config *c) {
     if (c->img_size <= 0 || c->patch_size <= 0 || c->in_chans <= 0 || c->embed_dim <= 0 ||
@@ -268,33 +299,39 @@ int pv_model_forward(pv_model *m, const float *images, int B) {
     m->last_batch = 0;
 
     /* patch embedding: im2col + GEMM into d_buf (as scratch), then tokens + pos */
-    patch_im2col(m->patches, images, B, c->in_chans, c->img_size, c->patch_size);
-    matmul_forward(m->d_buf, m->patches, m->P.pe_w, m->P.pe_b, NULL, B * N, m->patch_dim, C);
-    tokens_assemble(m->x0, m->d_buf, m->P.cls, m->P.pos, B, T, C);
+    PROF(PV_PROF_EMBED, {
+        patch_im2col(m->patches, images, B, c->in_chans, c->img_size, c->patch_size);
+        matmul_forward(m->d_buf, m->patches, m->P.pe_w, m->P.pe_b, NULL, B * N, m->patch_dim, C);
+        tokens_assemble(m->x0, m->d_buf, m->P.cls, m->P.pos, B, T, C);
+    });
 
     const float *x = m->x0;
     for (int l = 0; l < c->depth; l++) {
         pv_block_acts *a = &m->blk[l];
         pv_block_params *p = &m->P.blk[l];
-        layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, (int)BT, C,
-                          c->ln_eps, C);
-        matmul_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, NULL, (int)BT, C, 3 * C);
-        attention_forward(a->attn_y, a->att, a->qkv, B, T, C, NH);
-        matmul_forward(a->x_mid, a->attn_y, p->proj_w, p->proj_b, x, (int)BT, C, C);
-        layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, p->ln2_w, p->ln2_b, (int)BT,
-                          C, c->ln_eps, C);
-        matmul_forward(a->h, a->ln2, p->fc1_w, p->fc1_b, NULL, (int)BT, C, H);
-        if (c->act[l] == PV_ACT_GELU)
-            gelu_forward(a->a, a->h, BT * H);
-        else
-            poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT, H);
-        matmul_forward(a->x_out, a->a, p->fc2_w, p->fc2_b, a->x_mid, (int)BT, H, C);
+        PROF(PV_PROF_LN, layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b,
+                                           (int)BT, C, c->ln_eps, C));
+        PROF(PV_PROF_QKV, matmul_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, NULL, (int)BT, C, 3 * C));
+        PROF(PV_PROF_ATT, attention_forward(a->attn_y, a->att, a->qkv, B, T, C, NH));
+        PROF(PV_PROF_PROJ, matmul_forward(a->x_mid, a->attn_y, p->proj_w, p->proj_b, x, (int)BT, C, C));
+        PROF(PV_PROF_LN, layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, p->ln2_w,
+                                           p->ln2_b, (int)BT, C, c->ln_eps, C));
+        PROF(PV_PROF_FC1, matmul_forward(a->h, a->ln2, p->fc1_w, p->fc1_b, NULL, (int)BT, C, H));
+        PROF(PV_PROF_ACT, {
+            if (c->act[l] == PV_ACT_GELU)
+                gelu_forward(a->a, a->h, BT * H);
+            else
+                poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT, H);
+        });
+        PROF(PV_PROF_FC2, matmul_forward(a->x_out, a->a, p->fc2_w, p->fc2_b, a->x_mid, (int)BT, H, C));
         x = a->x_out;
     }
     /* final norm on the class tokens only (row stride T*C), then the head */
-    layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, m->P.lnf_w, m->P.lnf_b, B, C,
-                      c->ln_eps, (size_t)T * C);
-    matmul_forward(m->logits, m->lnf, m->P.head_w, m->P.head_b, NULL, B, C, m->K);
+    PROF(PV_PROF_HEAD, {
+        layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, m->P.lnf_w, m->P.lnf_b, B, C,
+                          c->ln_eps, (size_t)T * C);
+        matmul_forward(m->logits, m->lnf, m->P.head_w, m->P.head_b, NULL, B, C, m->K);
+    });
     m->last_batch = B;
     return PV_OK;
 }
@@ -315,35 +352,49 @@ int pv_model_backward(pv_model *m, const float *dlogits, int B) {
     const float *xL = c->depth ? m->blk[c->depth - 1].x_out : m->x0;
 
     /* head and final norm: the gradient enters the residual stream at the class tokens only */
-    matmul_backward(m->d_buf, m->G.head_w, m->G.head_b, dlogits, m->lnf, m->P.head_w, B, C, m->K, 0);
-    memset(m->d_x, 0, sizeof(float) * BT * C);
-    layernorm_backward(m->d_x, m->G.lnf_w, m->G.lnf_b, m->d_buf, xL, m->P.lnf_w, m->lnf_mean,
-                       m->lnf_rstd, B, C, (size_t)T * C, (size_t)T * C);
+    PROF(PV_PROF_HEAD_BWD, {
+        matmul_backward(m->d_buf, m->G.head_w, m->G.head_b, dlogits, m->lnf, m->P.head_w, B, C,
+                        m->K, 0);
+        memset(m->d_x, 0, sizeof(float) * BT * C);
+        layernorm_backward(m->d_x, m->G.lnf_w, m->G.lnf_b, m->d_buf, xL, m->P.lnf_w, m->lnf_mean,
+                           m->lnf_rstd, B, C, (size_t)T * C, (size_t)T * C);
+    });
 
     for (int l = c->depth - 1; l >= 0; l--) {
         pv_block_acts *a = &m->blk[l];
         pv_block_params *p = &m->P.blk[l], *g = &m->G.blk[l];
         const float *x_in = l ? m->blk[l - 1].x_out : m->x0;
         /* MLP: d_x is the gradient at x_out (and, by the residual, at x_mid) */
-        matmul_backward(m->d_h, g->fc2_w, g->fc2_b, m->d_x, a->a, p->fc2_w, (int)BT, H, C, 0);
-        if (c->act[l] == PV_ACT_GELU)
-            gelu_backward(m->d_h, a->h, m->d_h, BT * H);
-        else
-            poly_backward(m->d_h, g->pa, g->pb, g->pc, g->ps, a->h, m->d_h, p->pa, p->pb, p->pc,
-                          p->ps, c->poly_width[l], BT, H, m->d_poly);
-        matmul_backward(m->d_buf, g->fc1_w, g->fc1_b, m->d_h, a->ln2, p->fc1_w, (int)BT, C, H, 0);
-        layernorm_backward(m->d_x, g->ln2_w, g->ln2_b, m->d_buf, a->x_mid, p->ln2_w, a->ln2_mean,
-                           a->ln2_rstd, (int)BT, C, C, C);
+        PROF(PV_PROF_FC2_BWD,
+             matmul_backward(m->d_h, g->fc2_w, g->fc2_b, m->d_x, a->a, p->fc2_w, (int)BT, H, C, 0));
+        PROF(PV_PROF_ACT_BWD, {
+            if (c->act[l] == PV_ACT_GELU)
+                gelu_backward(m->d_h, a->h, m->d_h, BT * H);
+            else
+                poly_backward(m->d_h, g->pa, g->pb, g->pc, g->ps, a->h, m->d_h, p->pa, p->pb,
+                              p->pc, p->ps, c->poly_width[l], BT, H, m->d_poly);
+        });
+        PROF(PV_PROF_FC1_BWD,
+             matmul_backward(m->d_buf, g->fc1_w, g->fc1_b, m->d_h, a->ln2, p->fc1_w, (int)BT, C, H, 0));
+        PROF(PV_PROF_LN_BWD, layernorm_backward(m->d_x, g->ln2_w, g->ln2_b, m->d_buf, a->x_mid,
+                                                p->ln2_w, a->ln2_mean, a->ln2_rstd, (int)BT, C,
+                                                C, C));
         /* attention: d_x is now the gradient at x_mid (and, by the residual, at x_in) */
-        matmul_backward(m->d_buf, g->proj_w, g->proj_b, m->d_x, a->attn_y, p->proj_w, (int)BT, C, C, 0);
-        attention_backward(m->d_qkv, m->d_att, m->d_buf, a->att, a->qkv, B, T, C, NH);
-        matmul_backward(m->d_buf, g->qkv_w, g->qkv_b, m->d_qkv, a->ln1, p->qkv_w, (int)BT, C, 3 * C, 0);
-        layernorm_backward(m->d_x, g->ln1_w, g->ln1_b, m->d_buf, x_in, p->ln1_w, a->ln1_mean,
-                           a->ln1_rstd, (int)BT, C, C, C);
+        PROF(PV_PROF_PROJ_BWD, matmul_backward(m->d_buf, g->proj_w, g->proj_b, m->d_x, a->attn_y,
+                                               p->proj_w, (int)BT, C, C, 0));
+        PROF(PV_PROF_ATT_BWD,
+             attention_backward(m->d_qkv, m->d_att, m->d_buf, a->att, a->qkv, B, T, C, NH));
+        PROF(PV_PROF_QKV_BWD, matmul_backward(m->d_buf, g->qkv_w, g->qkv_b, m->d_qkv, a->ln1,
+                                              p->qkv_w, (int)BT, C, 3 * C, 0));
+        PROF(PV_PROF_LN_BWD, layernorm_backward(m->d_x, g->ln1_w, g->ln1_b, m->d_buf, x_in,
+                                                p->ln1_w, a->ln1_mean, a->ln1_rstd, (int)BT, C,
+                                                C, C));
     }
     /* embedding: position/class gradients, then the patch projection (no image gradient) */
-    tokens_backward(m->G.cls, m->G.pos, m->d_buf, m->d_x, B, T, C);
-    matmul_backward(NULL, m->G.pe_w, m->G.pe_b, m->d_buf, m->patches, m->P.pe_w, B * N,
-                    m->patch_dim, C, 0);
+    PROF(PV_PROF_EMBED_BWD, {
+        tokens_backward(m->G.cls, m->G.pos, m->d_buf, m->d_x, B, T, C);
+        matmul_backward(NULL, m->G.pe_w, m->G.pe_b, m->d_buf, m->patches, m->P.pe_w, B * N,
+                        m->patch_dim, C, 0);
+    });
     return PV_OK;
 }
