@@ -529,6 +529,8 @@ static PyMethodDef module_methods[] = {
      "profile(enable=None, reset=False) -> {op: seconds} of engine time per op"},
     {NULL}};
 
+extern PyMethodDef pv_data_methods[]; /* module_data.c: image and augmentation ops */
+
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "polyvit._C", "polyvit's CPU engine", -1,
                                     module_methods};
 
@@ -540,6 +542,10 @@ PyMODINIT_FUNC PyInit__C(void) {
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddFunctions(m, pv_data_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }
