@@ -530,6 +530,7 @@ static PyMethodDef module_methods[] = {
     {NULL}};
 
 extern PyMethodDef pv_data_methods[]; /* module_data.c: image and augmentation ops */
+extern PyMethodDef pv_mix_methods[];  /* module_mix.c: Mixup and CutMix */
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "polyvit._C", "polyvit's CPU engine", -1,
                                     module_methods};
@@ -545,7 +546,7 @@ PyMODINIT_FUNC PyInit__C(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddFunctions(m, pv_data_methods) < 0) {
+    if (PyModule_AddFunctions(m, pv_data_methods) < 0 || PyModule_AddFunctions(m, pv_mix_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }
