@@ -86,6 +86,12 @@ static int get_int(PyObject *d, const char *key, int *out) {
     return 0;
 }
 
+/* optional int: leaves *out unchanged when the key is absent */
+static int get_opt_int(PyObject *d, const char *key, int *out) {
+    if (!PyDict_GetItemString(d, key)) return 0;
+    return get_int(d, key, out);
+}
+
 static int get_int_list(PyObject *d, const char *key, int *out, int n) {
     PyObject *v = PyDict_GetItemString(d, key);
     if (!v) {
@@ -127,6 +133,12 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "depth must be in 1..%d", PV_MAX_DEPTH);
         return -1;
     }
+    /* architecture options, with timm's defaults when absent */
+    c.qkv_bias = c.final_norm = 1;
+    if (get_opt_int(d, "gelu_tanh", &c.gelu_tanh) || get_opt_int(d, "qkv_bias", &c.qkv_bias) ||
+        get_opt_int(d, "final_norm", &c.final_norm) || get_opt_int(d, "pool", &c.pool) ||
+        get_opt_int(d, "fc_norm", &c.fc_norm))
+        return -1;
     PyObject *eps = PyDict_GetItemString(d, "ln_eps");
     c.ln_eps = eps ? (float)PyFloat_AsDouble(eps) : 1e-6f;
     if (PyErr_Occurred()) return -1;

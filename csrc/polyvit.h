@@ -31,6 +31,7 @@ int pv_set_error(int code, const char *fmt, ...);
 
 /* ---- config ------------------------------------------------------------------------------ */
 enum { PV_ACT_GELU = 0, PV_ACT_POLY = 1 };
+enum { PV_POOL_TOKEN = 0, PV_POOL_AVG = 1 };
 
 #define PV_MAX_DEPTH 256
 
@@ -38,6 +39,11 @@ typedef struct {
     int img_size, patch_size, in_chans;
     int embed_dim, depth, num_heads, hidden, num_classes;
     float ln_eps;
+    int gelu_tanh;  /* GELU blocks use the tanh approximation instead of exact erf */
+    int qkv_bias;   /* attention qkv projection has a bias */
+    int final_norm; /* LayerNorm on the tokens before pooling (timm's `norm`) */
+    int pool;       /* PV_POOL_TOKEN (class token) or PV_POOL_AVG (mean of the patch tokens) */
+    int fc_norm;    /* LayerNorm after pooling (timm's `fc_norm`) */
     int act[PV_MAX_DEPTH];        /* PV_ACT_GELU or PV_ACT_POLY */
     int poly_width[PV_MAX_DEPTH]; /* 0 for GELU, 1 (per block) or hidden (per channel) */
 } pv_config;
@@ -64,7 +70,7 @@ typedef struct {
 typedef struct {
     float *cls, *pos, *pe_w, *pe_b;
     pv_block_params blk[PV_MAX_DEPTH];
-    float *lnf_w, *lnf_b, *head_w, *head_b;
+    float *lnf_w, *lnf_b, *fcn_w, *fcn_b, *head_w, *head_b; /* NULL where absent */
 } pv_params;
 
 /* saved activations of one block (for a maximum batch) */
@@ -97,10 +103,15 @@ typedef struct {
     float *patches; /* (B*N, patch_dim) im2col */
     float *x0;      /* (B,T,C) embedded tokens */
     pv_block_acts blk[PV_MAX_DEPTH];
-    float *lnf, *lnf_mean, *lnf_rstd; /* final norm of the class tokens (B,C) */
+    /* the head's input: [final norm] -> pool -> [fc_norm] */
+    float *lnf_all;                   /* (B,T,C) final norm of every token (avg pool + norm only) */
+    float *lnf_mean, *lnf_rstd;       /* (B*T) statistics of the final norm */
+    float *pooled;                    /* (B,C) pooled features (normed class token for token pool) */
+    float *fcn, *fcn_mean, *fcn_rstd; /* (B,C), (B), (B) fc_norm of the pooled features */
     float *logits;                    /* (B,K) */
     /* backward scratch */
     float *d_x, *d_buf, *d_qkv, *d_h, *d_att; /* d_att: per thread (T*T) */
+    float *d_pool;                            /* (2*B*C) gradients at the head input and pool */
     double *d_poly;                           /* (3*H) poly coefficient reductions */
     int d_att_threads;
 } pv_model;
@@ -148,8 +159,9 @@ void attention_backward(float *dqkv, float *scratch, const float *dy, const floa
                         const float *qkv, int B, int T, int C, int NH);
 
 /* activation over rows of width H (in place allowed for out == inp? no: separate buffers) */
-void gelu_forward(float *out, const float *inp, size_t n);
-void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n); /* dinp may == dout */
+/* GELU, exact erf form, or the tanh approximation when tanh_form */
+void gelu_forward(float *out, const float *inp, size_t n, int tanh_form);
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int tanh_form); /* dinp may == dout */
 void poly_forward(float *out, const float *inp, const float *a, const float *b, const float *c,
                   const float *s, int width, size_t rows, int H);
 /* dinp may alias dout; da, db, dc, ds (width) overwritten */

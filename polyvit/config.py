@@ -20,6 +20,13 @@ class ViTConfig:
     ``y = s * (a*x^2 + b*x + c)``); ``poly_per_channel`` says, for poly blocks, whether the
     coefficients are scalars (one set per block) or vectors of the MLP width.
     ``None`` for either means "all GELU" / "all per-block".
+
+    Options for checkpoints that differ from timm's defaults: ``gelu`` ("erf", exact, or
+    "tanh", the approximation) for GELU blocks; ``qkv_bias``; ``final_norm`` (timm's ``norm``
+    on every token before pooling); ``global_pool`` ("token": the class token, or "avg": the
+    mean of the patch tokens); ``fc_norm`` (a LayerNorm after pooling, timm's ``fc_norm``);
+    ``mlp_dim`` (an explicit MLP width, overriding ``mlp_ratio``); ``mean``/``std`` (input
+    normalisation stored with the model and applied by ``forward`` to uint8 images).
     """
 
     img_size: int = 224
@@ -33,6 +40,14 @@ class ViTConfig:
     ln_eps: float = 1e-6
     act: Optional[Sequence[str]] = None
     poly_per_channel: Optional[Sequence[bool]] = None
+    gelu: str = "erf"
+    qkv_bias: bool = True
+    final_norm: bool = True
+    global_pool: str = "token"
+    fc_norm: bool = False
+    mlp_dim: Optional[int] = None
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
@@ -45,6 +60,31 @@ class ViTConfig:
         if not isinstance(self.ln_eps, (int, float)) or not (0 < self.ln_eps < 1):
             raise ValueError(f"config.ln_eps must be in (0, 1), got {self.ln_eps!r}")
         self.ln_eps = float(self.ln_eps)
+        if self.gelu not in ("erf", "tanh"):
+            raise ValueError(f"config.gelu must be 'erf' or 'tanh', got {self.gelu!r}")
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"config.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        for name in ("qkv_bias", "final_norm", "fc_norm"):
+            if not isinstance(getattr(self, name), (bool, int)) or getattr(self, name) not in (0, 1):
+                raise ValueError(f"config.{name} must be True or False, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
+        if self.mlp_dim is not None and (isinstance(self.mlp_dim, bool) or
+                                         not isinstance(self.mlp_dim, int) or self.mlp_dim <= 0):
+            raise ValueError(f"config.mlp_dim must be a positive integer, got {self.mlp_dim!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("config.mean and config.std go together: give both or neither")
+        if self.mean is not None:
+            try:
+                mean = tuple(float(v) for v in self.mean)
+                std = tuple(float(v) for v in self.std)
+            except (TypeError, ValueError):
+                raise ValueError("config.mean and config.std must be sequences of numbers") from None
+            if len(mean) != self.in_chans or len(std) != self.in_chans:
+                raise ValueError(f"config.mean and config.std need one value per input channel "
+                                 f"({self.in_chans})")
+            if not all(v > 0 and v == v and v != float("inf") for v in std):
+                raise ValueError("config.std values must be positive and finite")
+            self.mean, self.std = mean, std
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size "
                              f"{self.patch_size}")
@@ -71,7 +111,7 @@ class ViTConfig:
     # derived sizes -------------------------------------------------------------------------
     @property
     def mlp_hidden(self) -> int:
-        return int(self.embed_dim * self.mlp_ratio)
+        return self.mlp_dim if self.mlp_dim is not None else int(self.embed_dim * self.mlp_ratio)
 
     @property
     def head_dim(self) -> int:
@@ -119,7 +159,10 @@ class ViTConfig:
                 (b + "norm1.weight", (C,), "no_decay"),
                 (b + "norm1.bias", (C,), "no_decay"),
                 (b + "attn.qkv.weight", (3 * C, C), "decay"),
-                (b + "attn.qkv.bias", (3 * C,), "no_decay"),
+            ]
+            if self.qkv_bias:
+                specs.append((b + "attn.qkv.bias", (3 * C,), "no_decay"))
+            specs += [
                 (b + "attn.proj.weight", (C, C), "decay"),
                 (b + "attn.proj.bias", (C,), "no_decay"),
                 (b + "norm2.weight", (C,), "no_decay"),
@@ -134,9 +177,11 @@ class ViTConfig:
                 (b + "mlp.fc2.weight", (C, H), "decay"),
                 (b + "mlp.fc2.bias", (C,), "no_decay"),
             ]
+        if self.final_norm:
+            specs += [("norm.weight", (C,), "no_decay"), ("norm.bias", (C,), "no_decay")]
+        if self.fc_norm:
+            specs += [("fc_norm.weight", (C,), "no_decay"), ("fc_norm.bias", (C,), "no_decay")]
         specs += [
-            ("norm.weight", (C,), "no_decay"),
-            ("norm.bias", (C,), "no_decay"),
             ("head.weight", (K, C), "decay"),
             ("head.bias", (K,), "no_decay"),
         ]
@@ -147,6 +192,9 @@ class ViTConfig:
         d = dataclasses.asdict(self)
         d["act"] = list(self.act)
         d["poly_per_channel"] = list(self.poly_per_channel)
+        for k in ("mean", "std"):
+            if d[k] is not None:
+                d[k] = list(d[k])
         return d
 
     def to_json(self) -> str:

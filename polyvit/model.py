@@ -18,7 +18,9 @@ def _engine_config(cfg: ViTConfig) -> Dict[str, Any]:
     return dict(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
                 embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
                 hidden=cfg.mlp_hidden, num_classes=cfg.num_classes, ln_eps=cfg.ln_eps,
-                act=[_ACT_CODE[a] for a in cfg.act],
+                act=[_ACT_CODE[a] for a in cfg.act], gelu_tanh=int(cfg.gelu == "tanh"),
+                qkv_bias=int(cfg.qkv_bias), final_norm=int(cfg.final_norm),
+                pool=int(cfg.global_pool == "avg"), fc_norm=int(cfg.fc_norm),
                 poly_width=[cfg.poly_width(i) for i in range(cfg.depth)])
 
 

@@ -394,3 +394,34 @@ def test_realistic_size_matches_reference(dtype_name, torch, tref):
     x = random_images(cfg, 6, rng)
     R = rng.standard_normal((6, cfg.num_classes)).astype(np.float32)
     _compare_to_reference(m, P, cfg, x, R, torch, tref, getattr(torch, dtype_name))
+
+
+# ------------------------------------------------------------------------------------------
+# architecture options of third-party checkpoints (eps, tanh GELU, no final norm, mean
+# pooling, fc_norm, no qkv bias, explicit MLP width), each against the torch reference
+# ------------------------------------------------------------------------------------------
+OPTION_CASES = {
+    "eps1e-12": dict(ln_eps=1e-12),
+    "gelu_tanh": dict(gelu="tanh"),
+    "no_final_norm": dict(final_norm=False),
+    "avg_pool_fc_norm": dict(global_pool="avg", final_norm=False, fc_norm=True),  # timm's avg
+    "avg_pool_norm": dict(global_pool="avg"),
+    "avg_pool_bare": dict(global_pool="avg", final_norm=False),
+    "token_norm_and_fc_norm": dict(fc_norm=True),
+    "no_qkv_bias": dict(qkv_bias=False),
+    "mlp_dim_13": dict(mlp_dim=13),
+    "all_at_once": dict(ln_eps=1e-5, gelu="tanh", global_pool="avg", final_norm=False,
+                        fc_norm=True, qkv_bias=False, mlp_dim=10),
+}
+
+
+@pytest.mark.parametrize("opts", list(OPTION_CASES.values()), ids=list(OPTION_CASES))
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_architecture_options_match_reference(opts, dtype_name, torch, tref):
+    rng = np.random.default_rng(len(str(opts)))
+    base = dict(SMALL, act=("gelu", "poly"), poly_per_channel=(False, True))
+    cfg = make_config(**{**base, **opts})
+    m, P = _model(cfg, rng, max_batch=4)
+    x = random_images(cfg, 4, rng)
+    R = rng.standard_normal((4, cfg.num_classes)).astype(np.float32)
+    _compare_to_reference(m, P, cfg, x, R, torch, tref, getattr(torch, dtype_name))

@@ -61,12 +61,12 @@ class Poly(nn.Module):
 class Attention(nn.Module):
     """timm's Attention (qkv_bias=True, no qk-norm, no dropout)."""
 
-    def __init__(self, dim: int, num_heads: int, dtype: torch.dtype) -> None:
+    def __init__(self, dim: int, num_heads: int, dtype: torch.dtype, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True, dtype=dtype)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, dtype=dtype)
         self.proj = nn.Linear(dim, dim, bias=True, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,11 +82,12 @@ class Attention(nn.Module):
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, poly_width: int,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, gelu: str = "erf") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=True, dtype=dtype)
         if act == "gelu":
-            self.act = nn.GELU(approximate="none")   # exact erf form
+            # exact erf form, or torch's tanh approximation
+            self.act = nn.GELU(approximate="none" if gelu == "erf" else "tanh")
         elif act == "poly":
             self.act = Poly(poly_width, dtype=dtype)
         else:
@@ -107,11 +108,11 @@ class Block(nn.Module):
         C, eps = cfg.embed_dim, cfg.ln_eps
         act = cfg.act[i] if cfg.act is not None else "gelu"
         per_channel = bool(cfg.poly_per_channel[i]) if cfg.poly_per_channel is not None else False
-        H = int(cfg.embed_dim * cfg.mlp_ratio)
+        H = getattr(cfg, "mlp_hidden", int(cfg.embed_dim * cfg.mlp_ratio))
         self.norm1 = nn.LayerNorm(C, eps=eps, dtype=dtype)
-        self.attn = Attention(C, cfg.num_heads, dtype)
+        self.attn = Attention(C, cfg.num_heads, dtype, qkv_bias=getattr(cfg, "qkv_bias", True))
         self.norm2 = nn.LayerNorm(C, eps=eps, dtype=dtype)
-        self.mlp = Mlp(C, H, act, H if per_channel else 1, dtype)
+        self.mlp = Mlp(C, H, act, H if per_channel else 1, dtype, gelu=getattr(cfg, "gelu", "erf"))
 
     def forward(self, x: torch.Tensor, capture: bool = False) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -142,7 +143,13 @@ class RefViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, T, C, dtype=dtype))
         self.patch_embed = PatchEmbed(cfg, dtype)
         self.blocks = nn.ModuleList(Block(cfg, i, dtype) for i in range(cfg.depth))
-        self.norm = nn.LayerNorm(C, eps=cfg.ln_eps, dtype=dtype)
+        # timm: norm (every token, before pooling) or Identity; pooling by class token or the
+        # mean of the patch tokens; fc_norm (after pooling) or Identity
+        self.global_pool = getattr(cfg, "global_pool", "token")
+        self.norm = (nn.LayerNorm(C, eps=cfg.ln_eps, dtype=dtype)
+                     if getattr(cfg, "final_norm", True) else nn.Identity())
+        self.fc_norm = (nn.LayerNorm(C, eps=cfg.ln_eps, dtype=dtype)
+                        if getattr(cfg, "fc_norm", False) else nn.Identity())
         self.head = nn.Linear(C, cfg.num_classes, bias=True, dtype=dtype)
         if init:
             self.timm_init(seed)
@@ -163,7 +170,7 @@ class RefViT(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 1e-6)
             elif name == "pos_embed" or name.endswith(".weight") and p.ndim >= 2:
                 tn(p, 0.02)
-            elif ".norm" in name or name.startswith("norm."):
+            elif ".norm" in name or name.startswith("norm.") or name.startswith("fc_norm."):
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif ".mlp.act." in name:
                 p.fill_(dict(a=a, b=b, c=c, s=1.0)[name.rsplit(".", 1)[1]])
@@ -178,7 +185,8 @@ class RefViT(nn.Module):
         for blk in self.blocks:
             x = blk(x, capture=capture)
         x = self.norm(x)
-        logits = self.head(x[:, 0])
+        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        logits = self.head(self.fc_norm(x))
         if not capture:
             return logits
         acts = {i: blk.mlp.last_fc1 for i, blk in enumerate(self.blocks)}

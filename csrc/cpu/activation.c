@@ -11,43 +11,82 @@
 
 float pv_erf_scalar(float x) { return erff(x); }
 
-void gelu_forward(float *out, const float *inp, size_t n) {
+/* tanh-form constants: gelu(x) ~ 0.5 x (1 + tanh(k0 (x + k1 x^3))) */
+#define K0 0.79788456080286536f /* sqrt(2/pi) */
+#define K1 0.044715f
+
+#ifdef PV_HAVE_AVX2
+/* tanh(u) = 1 - 2 / (exp(2u) + 1): exp saturates cleanly at both ends (t -> +-1) */
+static inline __m256 pv_tanh8(__m256 u) {
+    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    __m256 e = pv_exp8(_mm256_mul_ps(two, u));
+    return _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+}
+#endif
+
+void gelu_forward(float *out, const float *inp, size_t n, int tanh_form) {
 #pragma omp parallel for schedule(static)
     for (size_t i0 = 0; i0 < n; i0 += 4096) {
         size_t i1 = i0 + 4096 < n ? i0 + 4096 : n, i = i0;
 #ifdef PV_HAVE_AVX2
         const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f),
-                     k = _mm256_set1_ps(INV_SQRT2);
+                     k = _mm256_set1_ps(INV_SQRT2), k0 = _mm256_set1_ps(K0),
+                     k1 = _mm256_set1_ps(K1);
         for (; i + 8 <= i1; i += 8) {
-            __m256 x = _mm256_loadu_ps(inp + i);
-            __m256 e = pv_erf8(_mm256_mul_ps(x, k));
+            __m256 x = _mm256_loadu_ps(inp + i), e;
+            if (tanh_form) {
+                __m256 u = _mm256_mul_ps(k0, _mm256_fmadd_ps(_mm256_mul_ps(k1, x), _mm256_mul_ps(x, x), x));
+                e = pv_tanh8(u);
+            } else {
+                e = pv_erf8(_mm256_mul_ps(x, k));
+            }
             _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, e)));
         }
 #endif
-        for (; i < i1; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * INV_SQRT2));
+        for (; i < i1; i++) {
+            float x = inp[i];
+            float e = tanh_form ? tanhf(K0 * (x + K1 * x * x * x)) : erff(x * INV_SQRT2);
+            out[i] = 0.5f * x * (1.0f + e);
+        }
     }
 }
 
-/* d/dx gelu = Phi(x) + x*phi(x) */
-void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+/* erf form: d/dx gelu = Phi(x) + x*phi(x)
+ * tanh form: 0.5 (1 + t) + 0.5 x (1 - t^2) k0 (1 + 3 k1 x^2), t = tanh(k0 (x + k1 x^3)) */
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int tanh_form) {
 #pragma omp parallel for schedule(static)
     for (size_t i0 = 0; i0 < n; i0 += 4096) {
         size_t i1 = i0 + 4096 < n ? i0 + 4096 : n, i = i0;
 #ifdef PV_HAVE_AVX2
         const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f),
                      k = _mm256_set1_ps(INV_SQRT2), nh = _mm256_set1_ps(-0.5f),
-                     c = _mm256_set1_ps(INV_SQRT2PI);
+                     c = _mm256_set1_ps(INV_SQRT2PI), k0 = _mm256_set1_ps(K0),
+                     k1 = _mm256_set1_ps(K1), k13 = _mm256_set1_ps(3.0f * K1);
         for (; i + 8 <= i1; i += 8) {
-            __m256 x = _mm256_loadu_ps(inp + i);
-            __m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, pv_erf8(_mm256_mul_ps(x, k))));
-            __m256 pdf = _mm256_mul_ps(c, pv_exp8(_mm256_mul_ps(nh, _mm256_mul_ps(x, x))));
-            __m256 d = _mm256_fmadd_ps(x, pdf, cdf);
+            __m256 x = _mm256_loadu_ps(inp + i), d;
+            if (tanh_form) {
+                __m256 x2 = _mm256_mul_ps(x, x);
+                __m256 t = pv_tanh8(_mm256_mul_ps(k0, _mm256_fmadd_ps(_mm256_mul_ps(k1, x), x2, x)));
+                __m256 du = _mm256_mul_ps(k0, _mm256_fmadd_ps(k13, x2, one));
+                __m256 sech2 = _mm256_fnmadd_ps(t, t, one);
+                d = _mm256_fmadd_ps(_mm256_mul_ps(half, x), _mm256_mul_ps(sech2, du),
+                                    _mm256_mul_ps(half, _mm256_add_ps(one, t)));
+            } else {
+                __m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, pv_erf8(_mm256_mul_ps(x, k))));
+                __m256 pdf = _mm256_mul_ps(c, pv_exp8(_mm256_mul_ps(nh, _mm256_mul_ps(x, x))));
+                d = _mm256_fmadd_ps(x, pdf, cdf);
+            }
             _mm256_storeu_ps(dinp + i, _mm256_mul_ps(d, _mm256_loadu_ps(dout + i)));
         }
 #endif
         for (; i < i1; i++) {
-            float x = inp[i];
-            float d = 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT2PI * expf(-0.5f * x * x);
+            float x = inp[i], d;
+            if (tanh_form) {
+                float t = tanhf(K0 * (x + K1 * x * x * x));
+                d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * K0 * (1.0f + 3.0f * K1 * x * x);
+            } else {
+                d = 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT2PI * expf(-0.5f * x * x);
+            }
             dinp[i] = d * dout[i];
         }
     }

@@ -54,6 +54,10 @@ int pv_config_check(const pv_config *c) {
         return pv_set_error(PV_ERR_VALUE, "embed_dim %d is not divisible by num_heads %d",
                             c->embed_dim, c->num_heads);
     if (!(c->ln_eps > 0.0f)) return pv_set_error(PV_ERR_VALUE, "ln_eps must be positive");
+    if (c->pool != PV_POOL_TOKEN && c->pool != PV_POOL_AVG)
+        return pv_set_error(PV_ERR_VALUE, "unknown pooling code %d", c->pool);
+    if (c->pool == PV_POOL_AVG && c->img_size / c->patch_size < 1)
+        return pv_set_error(PV_ERR_VALUE, "average pooling needs at least one patch");
     long long T = (long long)(c->img_size / c->patch_size) * (c->img_size / c->patch_size) + 1;
     if (T > 100000) return pv_set_error(PV_ERR_VALUE, "too many tokens (%lld)", T);
     for (int i = 0; i < c->depth; i++) {
@@ -108,7 +112,7 @@ static void build_layout(layout *L, const pv_config *c) {
         add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm1.weight", i);
         add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm1.bias", i);
         add(L, PV_GROUP_DECAY, 2, 3 * C, C, 0, 0, "blocks.%d.attn.qkv.weight", i);
-        add(L, PV_GROUP_NO_DECAY, 1, 3 * C, 0, 0, 0, "blocks.%d.attn.qkv.bias", i);
+        if (c->qkv_bias) add(L, PV_GROUP_NO_DECAY, 1, 3 * C, 0, 0, 0, "blocks.%d.attn.qkv.bias", i);
         add(L, PV_GROUP_DECAY, 2, C, C, 0, 0, "blocks.%d.attn.proj.weight", i);
         add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.attn.proj.bias", i);
         add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.norm2.weight", i);
@@ -125,8 +129,14 @@ static void build_layout(layout *L, const pv_config *c) {
         add(L, PV_GROUP_DECAY, 2, C, H, 0, 0, "blocks.%d.mlp.fc2.weight", i);
         add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "blocks.%d.mlp.fc2.bias", i);
     }
-    add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "norm.weight");
-    add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "norm.bias");
+    if (c->final_norm) {
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "norm.weight");
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "norm.bias");
+    }
+    if (c->fc_norm) {
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "fc_norm.weight");
+        add(L, PV_GROUP_NO_DECAY, 1, C, 0, 0, 0, "fc_norm.bias");
+    }
     add(L, PV_GROUP_DECAY, 2, K, C, 0, 0, "head.weight");
     add(L, PV_GROUP_NO_DECAY, 1, K, 0, 0, 0, "head.bias");
 }
@@ -142,7 +152,8 @@ static void bind(pv_params *P, float *base, const pv_model *m) {
     P->pe_b = NEXT;
     for (int i = 0; i < m->cfg.depth; i++) {
         pv_block_params *b = &P->blk[i];
-        b->ln1_w = NEXT; b->ln1_b = NEXT; b->qkv_w = NEXT; b->qkv_b = NEXT;
+        b->ln1_w = NEXT; b->ln1_b = NEXT; b->qkv_w = NEXT;
+        b->qkv_b = m->cfg.qkv_bias ? NEXT : NULL;
         b->proj_w = NEXT; b->proj_b = NEXT; b->ln2_w = NEXT; b->ln2_b = NEXT;
         b->fc1_w = NEXT; b->fc1_b = NEXT;
         if (m->cfg.act[i] == PV_ACT_POLY) {
@@ -152,8 +163,10 @@ static void bind(pv_params *P, float *base, const pv_model *m) {
         }
         b->fc2_w = NEXT; b->fc2_b = NEXT;
     }
-    P->lnf_w = NEXT;
-    P->lnf_b = NEXT;
+    P->lnf_w = m->cfg.final_norm ? NEXT : NULL;
+    P->lnf_b = m->cfg.final_norm ? NEXT : NULL;
+    P->fcn_w = m->cfg.fc_norm ? NEXT : NULL;
+    P->fcn_b = m->cfg.fc_norm ? NEXT : NULL;
     P->head_w = NEXT;
     P->head_b = NEXT;
 #undef NEXT
@@ -195,10 +208,15 @@ static size_t carve_acts(pv_model *m, float *base) {
         TAKE(a->a, B * T * H);
         TAKE(a->x_out, B * T * C);
     }
-    TAKE(m->lnf, B * C);
-    TAKE(m->lnf_mean, B);
-    TAKE(m->lnf_rstd, B);
+    if (m->cfg.final_norm && m->cfg.pool == PV_POOL_AVG) TAKE(m->lnf_all, B * T * C);
+    TAKE(m->lnf_mean, B * T);
+    TAKE(m->lnf_rstd, B * T);
+    TAKE(m->pooled, B * C);
+    TAKE(m->fcn, B * C);
+    TAKE(m->fcn_mean, B);
+    TAKE(m->fcn_rstd, B);
     TAKE(m->logits, B * m->K);
+    TAKE(m->d_pool, 2 * B * C);
     TAKE(m->d_x, B * T * C);
     TAKE(m->d_buf, B * T * C);
     TAKE(m->d_qkv, B * T * 3 * C);
@@ -288,6 +306,86 @@ nomem:
     return pv_set_error(PV_ERR_NOMEM, "out of memory allocating the model's buffers");
 }
 
+/* ---- the head: [final norm] -> pool -> [fc_norm] -> linear ---------------------------------- */
+/* pool rows of src (B,T,C): the class token, or the mean of the patch tokens */
+static void pool_tokens(float *out, const float *src, int B, int T, int C, int pool) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const float *xb = src + (size_t)b * T * C;
+        float *o = out + (size_t)b * C;
+        if (pool == PV_POOL_TOKEN) {
+            memcpy(o, xb, sizeof(float) * C);
+            continue;
+        }
+        memset(o, 0, sizeof(float) * C);
+        for (int t = 1; t < T; t++)
+            for (int j = 0; j < C; j++) o[j] += xb[(size_t)t * C + j];
+        float inv = 1.0f / (T - 1);
+        for (int j = 0; j < C; j++) o[j] *= inv;
+    }
+}
+
+static const float *head_input(const pv_model *m) { return m->cfg.fc_norm ? m->fcn : m->pooled; }
+
+static void head_forward(pv_model *m, const float *x, int B) {
+    const pv_config *c = &m->cfg;
+    int T = m->T, C = m->C;
+    if (c->final_norm && c->pool == PV_POOL_TOKEN) {
+        /* only the class tokens are pooled: normalise just those rows (stride T*C) */
+        layernorm_forward(m->pooled, m->lnf_mean, m->lnf_rstd, x, m->P.lnf_w, m->P.lnf_b, B, C,
+                          c->ln_eps, (size_t)T * C);
+    } else if (c->final_norm) {
+        layernorm_forward(m->lnf_all, m->lnf_mean, m->lnf_rstd, x, m->P.lnf_w, m->P.lnf_b, B * T,
+                          C, c->ln_eps, C);
+        pool_tokens(m->pooled, m->lnf_all, B, T, C, c->pool);
+    } else {
+        pool_tokens(m->pooled, x, B, T, C, c->pool);
+    }
+    if (c->fc_norm)
+        layernorm_forward(m->fcn, m->fcn_mean, m->fcn_rstd, m->pooled, m->P.fcn_w, m->P.fcn_b, B,
+                          C, c->ln_eps, C);
+    matmul_forward(m->logits, head_input(m), m->P.head_w, m->P.head_b, NULL, B, C, m->K);
+}
+
+/* the gradient enters the residual stream d_x (zeroed here) through the pooled tokens */
+static void head_backward(pv_model *m, const float *dlogits, const float *xL, int B) {
+    const pv_config *c = &m->cfg;
+    int T = m->T, C = m->C;
+    float *d_in = m->d_pool, *d_pooled = m->d_pool + (size_t)B * C;
+    matmul_backward(d_in, m->G.head_w, m->G.head_b, dlogits, head_input(m), m->P.head_w, B, C,
+                    m->K, 0);
+    if (c->fc_norm) {
+        memset(d_pooled, 0, sizeof(float) * B * C);
+        layernorm_backward(d_pooled, m->G.fcn_w, m->G.fcn_b, d_in, m->pooled, m->P.fcn_w,
+                           m->fcn_mean, m->fcn_rstd, B, C, C, C);
+    } else {
+        d_pooled = d_in;
+    }
+    memset(m->d_x, 0, sizeof(float) * (size_t)B * T * C);
+    if (c->pool == PV_POOL_TOKEN) {
+        if (c->final_norm)
+            layernorm_backward(m->d_x, m->G.lnf_w, m->G.lnf_b, d_pooled, xL, m->P.lnf_w,
+                               m->lnf_mean, m->lnf_rstd, B, C, (size_t)T * C, (size_t)T * C);
+        else
+            for (int b = 0; b < B; b++)
+                memcpy(m->d_x + (size_t)b * T * C, d_pooled + (size_t)b * C, sizeof(float) * C);
+        return;
+    }
+    /* average pooling: every patch token gets d_pooled / (T-1); the class token nothing */
+    float *d_tok = c->final_norm ? m->d_buf : m->d_x;
+    float inv = 1.0f / (T - 1);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *db = d_tok + (size_t)b * T * C;
+        memset(db, 0, sizeof(float) * C);
+        for (int t = 1; t < T; t++)
+            for (int j = 0; j < C; j++) db[(size_t)t * C + j] = d_pooled[(size_t)b * C + j] * inv;
+    }
+    if (c->final_norm)
+        layernorm_backward(m->d_x, m->G.lnf_w, m->G.lnf_b, d_tok, xL, m->P.lnf_w, m->lnf_mean,
+                           m->lnf_rstd, B * T, C, C, C);
+}
+
 /* ---- forward --------------------------------------------------------------------------- */
 int pv_model_forward(pv_model *m, const float *images, int B) {
     if (B <= 0 || B > m->max_batch)
@@ -319,19 +417,14 @@ int pv_model_forward(pv_model *m, const float *images, int B) {
         PROF(PV_PROF_FC1, matmul_forward(a->h, a->ln2, p->fc1_w, p->fc1_b, NULL, (int)BT, C, H));
         PROF(PV_PROF_ACT, {
             if (c->act[l] == PV_ACT_GELU)
-                gelu_forward(a->a, a->h, BT * H);
+                gelu_forward(a->a, a->h, BT * H, c->gelu_tanh);
             else
                 poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT, H);
         });
         PROF(PV_PROF_FC2, matmul_forward(a->x_out, a->a, p->fc2_w, p->fc2_b, a->x_mid, (int)BT, H, C));
         x = a->x_out;
     }
-    /* final norm on the class tokens only (row stride T*C), then the head */
-    PROF(PV_PROF_HEAD, {
-        layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, m->P.lnf_w, m->P.lnf_b, B, C,
-                          c->ln_eps, (size_t)T * C);
-        matmul_forward(m->logits, m->lnf, m->P.head_w, m->P.head_b, NULL, B, C, m->K);
-    });
+    PROF(PV_PROF_HEAD, head_forward(m, x, B));
     m->last_batch = B;
     return PV_OK;
 }
@@ -351,14 +444,7 @@ int pv_model_backward(pv_model *m, const float *dlogits, int B) {
     size_t BT = (size_t)B * T;
     const float *xL = c->depth ? m->blk[c->depth - 1].x_out : m->x0;
 
-    /* head and final norm: the gradient enters the residual stream at the class tokens only */
-    PROF(PV_PROF_HEAD_BWD, {
-        matmul_backward(m->d_buf, m->G.head_w, m->G.head_b, dlogits, m->lnf, m->P.head_w, B, C,
-                        m->K, 0);
-        memset(m->d_x, 0, sizeof(float) * BT * C);
-        layernorm_backward(m->d_x, m->G.lnf_w, m->G.lnf_b, m->d_buf, xL, m->P.lnf_w, m->lnf_mean,
-                           m->lnf_rstd, B, C, (size_t)T * C, (size_t)T * C);
-    });
+    PROF(PV_PROF_HEAD_BWD, head_backward(m, dlogits, xL, B));
 
     for (int l = c->depth - 1; l >= 0; l--) {
         pv_block_acts *a = &m->blk[l];
@@ -369,7 +455,7 @@ int pv_model_backward(pv_model *m, const float *dlogits, int B) {
              matmul_backward(m->d_h, g->fc2_w, g->fc2_b, m->d_x, a->a, p->fc2_w, (int)BT, H, C, 0));
         PROF(PV_PROF_ACT_BWD, {
             if (c->act[l] == PV_ACT_GELU)
-                gelu_backward(m->d_h, a->h, m->d_h, BT * H);
+                gelu_backward(m->d_h, a->h, m->d_h, BT * H, c->gelu_tanh);
             else
                 poly_backward(m->d_h, g->pa, g->pb, g->pc, g->ps, a->h, m->d_h, p->pa, p->pb,
                               p->pc, p->ps, c->poly_width[l], BT, H, m->d_poly);
