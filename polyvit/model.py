@@ -116,39 +116,88 @@ class ViT:
                 f"blocks={acts}, params={self.num_params:,}, max_batch={self.max_batch})")
 
     # forward / backward -------------------------------------------------------------------
-    def _images(self, x) -> np.ndarray:
-        a = np.asarray(x) if not isinstance(x, np.ndarray) else x
-        if a.dtype.kind in "iub":
-            raise TypeError(f"images must be floating point (float32, NCHW, already normalised); "
-                            f"got dtype {a.dtype}. Convert uint8 images first, e.g. "
-                            f"(x / 255 - mean) / std")
-        a = as_float32(a, "images")
+    def _image_layout(self, shape) -> str:
+        """'nchw' or 'nhwc' for a 4-d image batch of this model, else a ValueError."""
         c = self.config
-        want = (c.in_chans, c.img_size, c.img_size)
-        if a.ndim == 3 and a.shape == want:
-            raise ValueError(f"images must be a batch of shape (B, {c.in_chans}, {c.img_size}, "
-                             f"{c.img_size}); for one image use x[None]")
-        if a.ndim != 4 or a.shape[1:] != want:
-            raise ValueError(f"images must have shape (B, {c.in_chans}, {c.img_size}, "
-                             f"{c.img_size}) (NCHW), got {a.shape}")
+        if len(shape) == 3 and (shape == (c.in_chans, c.img_size, c.img_size) or
+                                shape == (c.img_size, c.img_size, c.in_chans)):
+            raise ValueError(f"images must be a 4-d batch of shape (B, {c.in_chans}, "
+                             f"{c.img_size}, {c.img_size}), got one image of shape "
+                             f"{tuple(shape)}; use x[None]")
+        if len(shape) == 4 and shape[1:] == (c.in_chans, c.img_size, c.img_size):
+            return "nchw"
+        if len(shape) == 4 and shape[1:] == (c.img_size, c.img_size, c.in_chans):
+            return "nhwc"
+        raise ValueError(f"images must have shape (B, {c.in_chans}, {c.img_size}, {c.img_size}) "
+                         f"(NCHW; uint8 images may also be NHWC), got {tuple(shape)}")
+
+    def preprocess(self, images, unit: bool = True) -> np.ndarray:
+        """Model input from raw images: uint8 (NCHW or NHWC, 0..255) are scaled to [0, 1];
+        float images are taken to be in [0, 1] already (``unit=True``); then the model's stored
+        ``mean``/``std`` normalisation is applied, as ``(x - mean) / std`` in float32 (what
+        torchvision's ToTensor + Normalize compute). Returns float32 NCHW."""
+        a = np.asarray(images)
+        if a.dtype == np.uint8:
+            x = a.astype(np.float32) / np.float32(255.0)
+        elif a.dtype.kind == "f" and unit:
+            x = as_float32(a, "images")
+        else:
+            raise TypeError(f"preprocess takes uint8 images or float images in [0, 1], got "
+                            f"dtype {a.dtype}")
+        if self._image_layout(x.shape) == "nhwc":
+            x = x.transpose(0, 3, 1, 2)
+        c = self.config
+        if c.mean is not None:
+            mean = np.asarray(c.mean, np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(c.std, np.float32).reshape(1, -1, 1, 1)
+            x = (x - mean) / std
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _images(self, x, preprocess: Optional[bool] = None) -> np.ndarray:
+        """Validate the whole batch; return it as float32 NCHW model input, or as uint8 to be
+        preprocessed chunk by chunk (so a large uint8 set never exists as float32 at once)."""
+        a = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if a.dtype == np.uint8:
+            if preprocess is False:
+                raise TypeError("uint8 images always need preprocessing (scaling to [0, 1]); "
+                                "do not pass preprocess=False with them")
+            self._image_layout(a.shape)
+            if a.shape[0] == 0:
+                raise ValueError("images is an empty batch")
+            return a
+        if a.dtype.kind in "iub":
+            raise TypeError(f"images must be uint8 (raw pixels, preprocessed by the model) or "
+                            f"floating point (float32, NCHW); got dtype {a.dtype}")
+        a = as_float32(a, "images")
+        if preprocess:
+            a = self.preprocess(a)
+        elif self._image_layout(a.shape) != "nchw":
+            c = self.config
+            raise ValueError(f"float images must be NCHW (B, {c.in_chans}, {c.img_size}, "
+                             f"{c.img_size}), got {a.shape}")
         if a.shape[0] == 0:
             raise ValueError("images is an empty batch")
         check_finite(a, "images")
         return a
 
-    def forward(self, x, capture: Union[bool, Iterable[int], int] = False):
-        """Logits (B, num_classes) for float32 NCHW images.
+    def forward(self, x, capture: Union[bool, Iterable[int], int] = False,
+                preprocess: Optional[bool] = None):
+        """Logits (B, num_classes).
 
+        Images: float32 NCHW model input (already normalised), or uint8 pixels (NCHW or NHWC)
+        which are scaled to [0, 1] and normalised with the model's stored mean/std
+        (``preprocess``); ``preprocess=True`` does the same for float images in [0, 1].
         ``capture=True`` (or a list of block indices) also returns ``{block: (B, T, H) array}``
         of each block's MLP pre-activations (the fc1 output the activation sees).
         """
-        x = self._images(x)
+        x = self._images(x, preprocess)
         blocks = [] if capture is False or capture is None else \
             normalise_blocks(None if capture is True else capture, self.config.depth)
         mb, B = self.max_batch, x.shape[0]
         logits, caps = [], {i: [] for i in blocks}
         for s in range(0, B, mb):
-            logits.append(self._engine.forward(x[s:s + mb]))
+            chunk = self.preprocess(x[s:s + mb]) if x.dtype == np.uint8 else x[s:s + mb]
+            logits.append(self._engine.forward(chunk))
             for i in blocks:
                 caps[i].append(self._engine.preact(i))
         self._last_forward_chunked = B > mb
@@ -176,7 +225,7 @@ class ViT:
         self._engine.backward(g)
 
     def train_step(self, x, labels=None, teacher_logits=None, loss=None, optimizer=None,
-                   lr: Optional[float] = None) -> float:
+                   lr: Optional[float] = None, preprocess: Optional[bool] = None) -> float:
         """Forward, loss, backward and one optimizer step; returns the loss.
 
         A non-finite loss or gradient raises ``FloatingPointError`` before anything is updated.
@@ -189,7 +238,9 @@ class ViT:
             raise ValueError("train_step needs an optimizer, e.g. polyvit.AdamW(model, lr=1e-3)")
         if optimizer.model is not self:
             raise ValueError("the optimizer belongs to another model")
-        x = self._images(x)
+        x = self._images(x, preprocess)
+        if x.dtype == np.uint8:
+            x = self.preprocess(x)
         if x.shape[0] > self.max_batch:
             raise ValueError(f"a training batch of {x.shape[0]} exceeds max_batch="
                              f"{self.max_batch}; build the model with a larger max_batch")

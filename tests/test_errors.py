@@ -61,10 +61,10 @@ def test_forward_accepts_other_real_dtypes(model, x):
                                rtol=1e-6, atol=1e-7)
 
 
-def test_forward_refuses_integer_images(model, x):
-    """Integer images are almost always raw uint8 pixels that still need scaling and
-    normalisation; feeding them as-is would silently give garbage, so forward refuses them."""
-    for dt in (np.int32, np.int64, np.uint8):
+def test_forward_refuses_integer_images_other_than_uint8(model, x):
+    """Integer images other than uint8 are ambiguous (scaled how?), so forward refuses them;
+    uint8 are raw pixels the model preprocesses itself (tests/test_preprocess.py)."""
+    for dt in (np.int32, np.int64, np.uint16):
         xi = np.clip(np.round(3 * x), 0, 100).astype(dt)
         with raises(TypeError, r"floating|float32|uint8|dtype"):
             model.forward(xi)
