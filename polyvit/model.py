@@ -354,6 +354,13 @@ class ViT:
         return {k: self.params[f"blocks.{block}.mlp.act.{k}"].copy() for k in "abcs"}
 
     # state ---------------------------------------------------------------------------------
+    def copy(self, max_batch: Optional[int] = None) -> "ViT":
+        """An independent model with the same config and weights (optimizer state not copied)."""
+        other = ViT(self.config, max_batch=max_batch or self.max_batch, seed=None)
+        for n, v in self.params.items():
+            other.params[n][...] = v
+        return other
+
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter, by timm name."""
         return {n: v.copy() for n, v in self.params.items()}
