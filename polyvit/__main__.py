@@ -3,6 +3,9 @@
   python -m polyvit info        how the engine was built (compiler, OpenMP, BLAS, SIMD)
   python -m polyvit quickstart  a 30-second tour: train a small ViT a few steps, switch blocks
                                 to the quadratic activation, keep training, save and reload
+  python -m polyvit convert SRC --out model.safetensors
+                                a checkpoint from timm, torchvision, Hugging Face, plain PyTorch
+                                (or any layout, with --map) as a polyvit safetensors file
 """
 from __future__ import annotations
 
@@ -61,6 +64,61 @@ def _quickstart(args) -> int:
     return 0
 
 
+class _UserError(Exception):
+    """A mistake in the command line or the input files: one line on stderr, exit code 2."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.strerror}: {e.filename}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    first = lines[0]
+    rest = "; ".join(ln.rstrip(":") for ln in lines[1:])
+    return f"{first} {rest}" if rest else first
+
+
+def _convert(args) -> int:
+    from . import io as pio
+
+    overrides = {}
+    if args.eps is not None:
+        overrides["ln_eps"] = args.eps
+    if args.gelu is not None:
+        overrides["gelu"] = args.gelu
+    if args.global_pool is not None:
+        overrides["global_pool"] = args.global_pool
+    if args.img_size is not None:
+        overrides["img_size"] = args.img_size
+    if (args.mean is None) != (args.std is None):
+        raise _UserError("--mean and --std go together: give both or neither")
+    if args.mean is not None:
+        overrides["mean"], overrides["std"] = list(args.mean), list(args.std)
+    fmt = args.format
+    if args.map is not None and fmt not in ("auto", "map"):
+        raise _UserError(f"--map goes with --format map (or auto), not --format {fmt}")
+    if fmt == "map" and args.map is None:
+        raise _UserError(f"--format map needs --map (a JSON file or a built-in map: "
+                         f"{', '.join(sorted(pio.BUILTIN_MAPS))})")
+    if os.path.isdir(args.out):
+        raise _UserError(f"--out {args.out} is a directory; give the path of the file to write")
+    model, prep = pio._convert_file(
+        args.src, args.out, config=None, format=fmt, num_heads=args.num_heads,
+        rename_map=args.map, hf_config=args.hf_config, overrides=overrides)
+    print(f"read {args.src} as the {prep.format} layout"
+          + (f" (map {args.map})" if args.map is not None else ""))
+    for note in prep.notes:
+        print(f"note: {note}")
+    print("config:")
+    for k, v in model.config.to_dict().items():
+        print(f"  {k}: {json.dumps(v)}")
+    print(f"parameters: {model.num_params:,}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m polyvit", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +127,39 @@ def main(argv=None) -> int:
     q = sub.add_parser("quickstart", help="a short tour on synthetic data")
     q.add_argument("--steps", type=int, default=15)
     q.add_argument("--batch", type=int, default=32)
+    c = sub.add_parser(
+        "convert", help="convert a checkpoint to a polyvit safetensors file",
+        description="Convert a ViT checkpoint (.safetensors, or .pth/.pt/.bin with PyTorch "
+                    "installed) to a polyvit safetensors file; what the weights do not show "
+                    "(heads, LayerNorm eps, GELU form, pooling, input normalisation) comes from "
+                    "the options, the file's metadata or --hf-config. Architectures polyvit "
+                    "cannot express exactly are refused.")
+    c.add_argument("src", help="the checkpoint to read")
+    c.add_argument("--out", required=True, help="the polyvit .safetensors file to write")
+    c.add_argument("--format", default="auto",
+                   choices=["auto", "timm", "torchvision", "hf", "polyvit", "torch_mha", "map"],
+                   help="the source layout (default: detected from the names)")
+    c.add_argument("--map", help="a rename map: a JSON file or a built-in map name")
+    c.add_argument("--num-heads", type=int, help="attention heads (not in the weights)")
+    c.add_argument("--eps", type=float, help="LayerNorm epsilon")
+    c.add_argument("--gelu", choices=["erf", "tanh"], help="GELU form")
+    c.add_argument("--global-pool", choices=["token", "avg"],
+                   help="pooling: the class token or the mean of the patch tokens")
+    c.add_argument("--mean", type=float, nargs="+", help="input normalisation mean, per channel")
+    c.add_argument("--std", type=float, nargs="+", help="input normalisation std, per channel")
+    c.add_argument("--img-size", type=int, help="image size (checked against the weights)")
+    c.add_argument("--hf-config", help="a Hugging Face config.json for an hf checkpoint")
     args = ap.parse_args(argv)
     if args.cmd == "info":
         return _info(args)
     if args.cmd == "quickstart":
         return _quickstart(args)
+    if args.cmd == "convert":
+        try:
+            return _convert(args)
+        except (_UserError, ValueError, TypeError, OSError, ImportError) as e:
+            print(f"python -m polyvit convert: error: {_one_line(e)}", file=sys.stderr)
+            return 2
     ap.print_help()
     return 0
 

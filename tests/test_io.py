@@ -607,6 +607,19 @@ def test_from_torchvision_refuses_what_it_cannot_express():
     assert "encoder.layers.encoder_layer_0.frobnicator" in msg
 
 
+def test_torchvision_and_hf_always_have_the_final_norm(standin):
+    sd = random_params(gelu_config())
+    tv = {k: v for k, v in timm_to_torchvision(sd).items() if not k.startswith("encoder.ln.")}
+    with pytest.raises(ValueError, match="final_norm: given True"):
+        pio.from_state_dict(tv, num_heads=2)
+    hf = {k: v for k, v in timm_to_hf(sd).items() if not k.startswith("vit.layernorm.")}
+    with pytest.raises(ValueError, match="final_norm: given True"):
+        pio.from_state_dict(hf, num_heads=2)
+    tv = {k: v for k, v in timm_to_torchvision(sd).items() if not k.endswith("in_proj_bias")}
+    with pytest.raises(ValueError, match="qkv_bias: given True"):
+        pio.from_state_dict(tv, num_heads=2)
+
+
 def test_from_torchvision_refuses_clashing_names():
     sd = timm_to_torchvision(random_params(gelu_config()))
     sd["encoder.layers.encoder_layer_0.mlp.linear_1.weight"] = \
@@ -627,7 +640,11 @@ def test_from_timm_strips_prefixes_and_refuses_extras():
 
 
 @pytest.mark.parametrize("key,why", [
-    ("fc_norm.weight", "fc_norm"), ("norm_pre.weight", "norm_pre"), ("reg_token", "register"),
+    ("norm_pre.weight", "norm_pre"), ("reg_token", "register"),
+    ("blocks.0.attn.relative_position_bias_table", "relative position bias"),
+    ("blocks.0.gamma_1", "layer scale"), ("blocks.0.attn.k_norm.weight", "k_norm"),
+    ("patch_embed.backbone.stem.conv.weight", "CNN stem"), ("head_dist.weight", "distillation"),
+    ("blocks.0.norm1.rms_norm.weight", "RMSNorm"),
     ("blocks.0.attn.q_norm.weight", "q_norm"), ("blocks.1.ls1.gamma", "layer scale"),
     ("blocks.1.ls2.gamma", "layer scale"), ("pre_logits.fc.weight", "pre-logits"),
     ("dist_token", "distillation"), ("attn_pool.latent", "attention pooling"),
@@ -727,20 +744,28 @@ def test_infer_config_matches(cfg):
 
 def test_infer_config_odd_mlp_widths():
     for C in (16, 24, 40, 96, 384, 100):
+        base = {n: np.zeros(s, np.float32) for n, s, _ in
+                gelu_config(embed_dim=C, num_heads=1).param_specs()}
         for H in range(1, 5 * C, 7):
-            sd = random_params(gelu_config(embed_dim=C, num_heads=1))
+            sd = dict(base)
             for i in range(2):
                 sd[f"blocks.{i}.mlp.fc1.weight"] = np.zeros((H, C), np.float32)
             cfg = pio.infer_config(sd, num_heads=1)
             assert cfg.mlp_hidden == H, (C, H)
             assert ViTConfig.from_json(cfg.to_json()).mlp_hidden == H
+            # a plain ratio when it reproduces the width, else an explicit mlp_dim
+            if H / C == round(H / C, 6) and int(C * (H / C)) == H:
+                assert cfg.mlp_dim is None and cfg.mlp_ratio == H / C, (C, H)
+            else:
+                assert cfg.mlp_dim == H, (C, H)
 
 
 def test_infer_config_guesses_heads():
     for C, heads in [(192, 3), (384, 6), (768, 12), (128, 4), (1280, 16)]:
         shapes = {"cls_token": (1, 1, C), "pos_embed": (1, 5, C),
-                  "patch_embed.proj.weight": (C, 3, 4, 4), "blocks.0.mlp.fc1.weight": (4 * C, C),
-                  "head.weight": (10, C)}
+                  "patch_embed.proj.weight": (C, 3, 4, 4), "patch_embed.proj.bias": (C,),
+                  "blocks.0.mlp.fc1.weight": (4 * C, C), "blocks.0.mlp.fc1.bias": (4 * C,),
+                  "head.weight": (10, C), "head.bias": (10,)}
         sd = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
         cfg = pio.infer_config(sd)
         assert (cfg.embed_dim, cfg.num_heads, cfg.img_size, cfg.depth) == (C, heads, 8, 1)
