@@ -20,7 +20,6 @@ import pickle
 import sys
 import tarfile
 import tempfile
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -723,8 +722,8 @@ def load_image_folder(root, split: Optional[str] = None, cache: bool = True, cac
             if hit.get("skipped"):
                 warnings.warn(f"skipped {len(hit['skipped'])} corrupt image(s) (cached decision): "
                               + ", ".join(hit["skipped"][:20]), RuntimeWarning, stacklevel=2)
-            return Dataset(hit["images"], hit["labels"], hit["classes"], name=hit["name"], source=hit["source"],
-                           split=hit["split"])
+            return Dataset(hit["images"], hit["labels"], hit["classes"], name=name or hit["name"],
+                           source=hit["source"], split=hit["split"])
 
     ds_name = name or os.path.basename(root_abs.rstrip("/"))
     for suffix in (".tar.gz", ".tgz", ".tar"):

@@ -17,7 +17,6 @@ import atexit
 import numbers
 import queue
 import threading
-import warnings
 import weakref
 from typing import Callable, Optional, Tuple
 

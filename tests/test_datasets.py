@@ -389,6 +389,21 @@ def test_image_folder_bad_input(tmp_path, rng):
         load_image_folder(str(root), split="../x", **kw)
 
 
+def test_large_images_decode_in_threads_identically(tmp_path, rng):
+    """From 128x128 up the decoding runs in a thread pool; the result is the same."""
+    make_folder(str(tmp_path / "big"), rng, size=(130, 129), per_class={"a": 3, "b": 2})
+    serial = load_image_folder(str(tmp_path / "big"), cache=False, progress=False, workers=1)
+    auto = load_image_folder(str(tmp_path / "big"), cache=False, progress=False)
+    pool = load_image_folder(str(tmp_path / "big"), cache=False, progress=False, workers=3)
+    assert serial.images.shape == (5, 130, 129, 3)
+    for other in (auto, pool):
+        np.testing.assert_array_equal(serial.images, other.images)
+        np.testing.assert_array_equal(serial.labels, other.labels)
+    (tmp_path / "big" / "b" / "002.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="002.png"):
+        load_image_folder(str(tmp_path / "big"), cache=False, progress=False, workers=2)
+
+
 def test_progress_bar(capsys):
     load_bar = Progress(3, desc="decoding", unit="img")  # stderr is not a TTY under pytest
     for _ in range(3):
