@@ -416,3 +416,27 @@ def test_kernel_checks_its_arguments(rng):
         _C.mix(np.asfortranarray(x), "NCHW", p, k, w, bx)
     with pytest.raises(ValueError, match="one per image"):
         _C.mix(x, "NCHW", p[:3], k, w, bx)
+
+
+def test_kernel_parallel_path_matches_numpy(rng):
+    """From 8 MB of images the kernel runs in an OpenMP team: same result for 1 or 2 threads."""
+    B = 16
+    x = rng.standard_normal((B, 3, 256, 256)).astype(np.float32)  # 12.6 MB
+    p = np.arange(B - 1, -1, -1, dtype=np.int64)
+    k = np.array([0, 1, 2, 1] * 4, np.uint8)
+    lam = rng.random(B).astype(np.float32)
+    w = np.stack([lam, np.float32(1) - lam], 1)
+    bx = np.tile(np.array([[10, 200, 31, 97]], np.int64), (B, 1))
+    want = x.copy()
+    for i in range(B):
+        if k[i] == 1:
+            want[i] = x[i] * w[i, 0] + x[p[i]] * w[i, 1]
+        elif k[i] == 2:
+            want[i][:, 10:200, 31:97] = x[p[i]][:, 10:200, 31:97]
+    old = polyvit.get_num_threads()
+    try:
+        for threads in (1, 2):
+            polyvit.set_num_threads(threads)
+            np.testing.assert_array_equal(_C.mix(x, "NCHW", p, k, w, bx), want)
+    finally:
+        polyvit.set_num_threads(old)

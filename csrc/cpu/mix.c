@@ -46,7 +46,9 @@ int pv_mix_images(void *out, const void *x, int dtype, int layout, int B, int C,
     const size_t es = dtype == PV_MIX_U8 ? 1 : sizeof(float);
     char *o = (char *)out;
     const char *xs = (const char *)x;
-#pragma omp parallel for schedule(static)
+    /* memory-bound: a team only pays off on large batches (a CIFAR batch of 128 is 1.5 MB) */
+    const int parallel = (size_t)B * n * es >= ((size_t)8 << 20) && B > 1;
+#pragma omp parallel for schedule(static) if (parallel)
     for (int i = 0; i < B; i++) {
         char *oi = o + (size_t)i * n * es;
         const char *xi = xs + (size_t)i * n * es;

@@ -24,7 +24,8 @@ enum { PV_MIX_NCHW = 0, PV_MIX_NHWC = 1 }; /* layout */
 /* One pass over a batch of B images (C channels, H x W) into a new buffer: out must not
  * overlap x. A blend computes x*w1 + p*w2 in float32 (w1 = w[2i], w2 = w[2i+1]; two roundings,
  * no fused multiply-add, as NumPy does it); uint8 results are rounded half to even (np.rint)
- * and clamped to 0..255. Parallel over images (OpenMP). The caller has checked every index,
+ * and clamped to 0..255. Parallel over images (OpenMP) from 8 MB of images up; below that one
+ * thread is faster than waking a team. The caller has checked every index,
  * the weights (finite, in [0, 1]) and 0 <= box[4i] <= box[4i+1] <= H,
  * 0 <= box[4i+2] <= box[4i+3] <= W. Returns 0. */
 int pv_mix_images(void *out, const void *x, int dtype, int layout, int B, int C, int H, int W,
