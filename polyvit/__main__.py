@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     c.add_argument("src", help="the checkpoint to read")
     c.add_argument("--out", required=True, help="the polyvit .safetensors file to write")
     c.add_argument("--format", default="auto",
-                   choices=["auto", "timm", "torchvision", "hf", "polyvit", "torch_mha", "map"],
+                   choices=["auto", "timm", "torchvision", "hf", "polyvit", "torch_mha",
+                            "vit_pytorch", "map"],
                    help="the source layout (default: detected from the names)")
     c.add_argument("--map", help="a rename map: a JSON file or a built-in map name")
     c.add_argument("--num-heads", type=int, help="attention heads (not in the weights)")

@@ -72,12 +72,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: Layouts :func:`from_state_dict` understands (``"polyvit"`` is timm's names plus poly
 #: activation coefficients; ``"torch_mha"`` is the built-in rename map for plain PyTorch ViTs;
 #: ``"map"``, with ``rename_map=``, is anybody's layout).
-FORMATS = ("timm", "polyvit", "torchvision", "hf", "torch_mha", "map")
+FORMATS = ("timm", "polyvit", "torchvision", "hf", "torch_mha", "vit_pytorch", "map")
 
 #: LayerNorm epsilon each layout's models are built with when nothing says otherwise
 #: (rename maps: PyTorch's nn.LayerNorm default).
 DEFAULT_LN_EPS = {"timm": 1e-6, "polyvit": 1e-6, "torchvision": 1e-6, "hf": 1e-12,
-                  "torch_mha": 1e-5, "map": 1e-5}
+                  "torch_mha": 1e-5, "vit_pytorch": 1e-5, "map": 1e-5}
 
 _RESERVED_METADATA = ("polyvit_config", "format", "polyvit_version")
 _MAX_LISTED = 20
@@ -554,10 +554,15 @@ _TORCH_MHA_MARKER = re.compile(
     r"|\.(mlp|ffn|ff|feed_forward|feedforward)(\.net|\.layers)?\.\d+\.(weight|bias)$")
 
 
+# lucidrains/vit-pytorch: the built-in "vit_pytorch" rename map
+_VIT_PYTORCH_MARKER = re.compile(r"^transformer\.layers\.\d+\.0\.(fn\.)?to_qkv\.weight$")
+
+
 def detect_format(state_dict: Mapping[str, Any]) -> str:
     """``"timm"``, ``"polyvit"`` (timm names plus poly coefficients), ``"torchvision"``,
-    ``"hf"`` or ``"torch_mha"`` (plain PyTorch: ``nn.MultiheadAttention`` + ``nn.Sequential``
-    MLP, see :data:`BUILTIN_MAPS`), from the names in ``state_dict`` (``module.``/``model.``
+    ``"hf"``, ``"torch_mha"`` (plain PyTorch: ``nn.MultiheadAttention`` + ``nn.Sequential``
+    MLP) or ``"vit_pytorch"`` (lucidrains' vit-pytorch; both built-in rename maps, see
+    :data:`BUILTIN_MAPS`), from the names in ``state_dict`` (``module.``/``model.``
     prefixes are ignored)."""
     _check_mapping(state_dict)
     if not state_dict:
@@ -565,8 +570,11 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
     keys = list(_strip_common_prefixes(state_dict).values())
     counts = {fmt: sum(1 for k in keys if rx.search(k)) for fmt, rx in _MARKERS.items()}
     found = [fmt for fmt, n in counts.items() if n]
-    if set(found) <= {"timm"} and any(_TORCH_MHA_MARKER.search(k) for k in keys):
-        return "torch_mha"
+    if set(found) <= {"timm"}:
+        if any(_VIT_PYTORCH_MARKER.search(k) for k in keys):
+            return "vit_pytorch"
+        if any(_TORCH_MHA_MARKER.search(k) for k in keys):
+            return "torch_mha"
     if not found:
         raise ValueError("Cannot tell the layout of the state dict from its names (e.g. "
                          f"{_listing(sorted(keys), 5)}); expected timm, torchvision, Hugging Face "
@@ -830,6 +838,41 @@ BUILTIN_MAPS: Dict[str, Dict[str, Any]] = {
              "a patch embedding with more than one layer (a convolutional stem, or a norm "
              "around the projection)"],
         ],
+        "config": {"ln_eps": 1e-5, "global_pool": "token"},
+    },
+    "vit_pytorch": {
+        "description": (
+            "lucidrains/vit-pytorch's ViT (vit_pytorch.vit.ViT), in its older form (PreNorm "
+            "wrappers: layers.{i}.0.norm/.0.fn.to_qkv, layers.{i}.1.norm/.1.fn.net; mlp_head = "
+            "LayerNorm + Linear on the class token) and its newer one (the norms inside "
+            "Attention and FeedForward: layers.{i}.0.norm, layers.{i}.1.net.0; transformer.norm; "
+            "a Linear mlp_head). Assumes pool='cls' (its 'mean' pooling averages the class token "
+            "too, which polyvit cannot express); heads * dim_head must equal dim (else the "
+            "shapes do not fit). The patch embedding is a Linear over einops '(p1 p2 c)' "
+            "patches, made into a Conv2d: give img_size (or patch_size). Versions with "
+            "LayerNorms around the patch embedding are refused."),
+        "rules": [
+            [r"^to_patch_embedding\.1\.(weight|bias)$", r"patch_embed.proj.\1"],
+            [r"^pos_embedding$", "pos_embed"],
+            [r"^transformer\.layers\.(\d+)\.0\.norm\.(weight|bias)$", r"blocks.\1.norm1.\2"],
+            [r"^transformer\.layers\.(\d+)\.0\.(?:fn\.)?to_qkv\.(weight|bias)$",
+             r"blocks.\1.attn.qkv.\2"],
+            [r"^transformer\.layers\.(\d+)\.0\.(?:fn\.)?to_out\.0\.(weight|bias)$",
+             r"blocks.\1.attn.proj.\2"],
+            [r"^transformer\.layers\.(\d+)\.1\.(?:net\.0|norm)\.(weight|bias)$",
+             r"blocks.\1.norm2.\2"],
+            [r"^transformer\.layers\.(\d+)\.1\.(?:fn\.)?net\.(\d+)\.(weight|bias)$",
+             r"blocks.\1.mlp.\2.\3"],
+            [r"^transformer\.norm\.(weight|bias)$", r"norm.\1"],
+            [r"^mlp_head\.(weight|bias)$", r"head.\1"],
+            [r"^mlp_head\.(\d+)\.(weight|bias)$", r"head.\1.\2"],
+        ],
+        "refuse": [
+            [r"^to_patch_embedding\.",
+             "LayerNorms around the patch embedding (newer vit-pytorch versions)"],
+        ],
+        "head_norm": "final_norm",
+        "patch_linear": "p1 p2 c",
         "config": {"ln_eps": 1e-5, "global_pool": "token"},
     },
 }
@@ -1193,21 +1236,36 @@ def _resolve_forms(sd: Dict[str, np.ndarray], origin: Dict[str, str], m: Dict[st
         order = m.get("patch_linear")
         cfg = m.get("config") or {}
         C, K = pw.shape
-        p, c = cfg.get("patch_size"), cfg.get("in_chans", cfg.get("in_channels"))
-        if p is None and isinstance(c, int) and c > 0 and math.isqrt(K // c) ** 2 * c == K:
+
+        def given(*keys: str) -> Optional[int]:
+            for k in keys:
+                v = cfg.get(k)
+                if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] == v[1]:
+                    v = v[0]
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                    return v
+            return None
+
+        p = given("patch_size")
+        c = given("in_chans", "in_channels", "num_channels")
+        img = given("img_size", "image_size")
+        pe = res.get("pos_embed")
+        grid = math.isqrt(pe.shape[1] - 1) if pe is not None and pe.ndim == 3 and \
+            pe.shape[1] > 1 else 0
+        if p is None and img is not None and grid and img % grid == 0:
+            p = img // grid
+        if p is None and c is not None and K % c == 0 and math.isqrt(K // c) ** 2 * c == K:
             p = math.isqrt(K // c)
-        if c is None and isinstance(p, int) and p > 0 and K % (p * p) == 0:
+        if c is None and p is not None and K % (p * p) == 0:
             c = K // (p * p)
         if order is None:
             problems.append("  patch_embed.proj.weight is 2-d: a Linear over flattened patches; "
                             "say in the map in which order it reads a patch: \"patch_linear\": "
-                            "\"c p1 p2\" or \"p1 p2 c\" (einops '(p1 p2 c)'), with "
-                            "config.patch_size")
-        elif not (isinstance(p, int) and isinstance(c, int) and p > 0 and c > 0
-                  and p * p * c == K):
-            problems.append(f"  patch_embed.proj.weight has shape {_shape_str(pw.shape)}: the "
-                            "map's config must give patch_size (or in_chans) with "
-                            f"patch_size^2 * in_chans = {K}")
+                            "\"c p1 p2\" or \"p1 p2 c\" (einops '(p1 p2 c)')")
+        elif not (p is not None and c is not None and p * p * c == K):
+            problems.append(f"  patch_embed.proj.weight has shape {_shape_str(pw.shape)}, a "
+                            "Linear over flattened patches: give img_size, patch_size or "
+                            f"in_chans (with patch_size^2 * in_chans = {K}) to make it a Conv2d")
         elif order == "p1 p2 c":
             res["patch_embed.proj.weight"] = np.ascontiguousarray(
                 pw.reshape(C, p, p, c).transpose(0, 3, 1, 2))
@@ -1698,6 +1756,10 @@ def _prepare(state_dict: Mapping[str, Any], config: Optional[ViTConfig], format:
     the_map = None
     if rename_map is not None:
         the_map = load_rename_map(rename_map)
+        # sizes the caller gives help resolve a Linear patch embedding
+        sizes = {k: overrides[k] for k in ("img_size", "patch_size", "in_chans")
+                 if overrides.get(k) is not None}
+        the_map["config"] = {**the_map["config"], **sizes}
         sd = apply_rename_map(state_dict, the_map)
     else:
         sd = _RENAMERS[fmt](state_dict)

@@ -196,12 +196,23 @@ def test_plain_mlp_head_layernorm_needs_the_map_to_say_what_it_is(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # 2. a vit-pytorch-style model through a user's JSON rename map, via the CLI
 # ----------------------------------------------------------------------------------------------
-def _lucid_vit(C=16, heads=2, H=24, depth=2, p=4, img=8, K=4, chans=3, eps=1e-5):
-    """lucidrains' vit-pytorch layout: Linear patch embedding over (p1 p2 c), attention with
-    its own norm and a bias-free to_qkv, FeedForward = Sequential(LN, Linear, GELU, Dropout,
-    Linear, Dropout), a final transformer.norm and a Linear mlp_head."""
+def _lucid_vit(C=16, heads=2, H=24, depth=2, p=4, img=8, K=4, chans=3, eps=1e-5, style="new"):
+    """lucidrains' vit-pytorch layout: Linear patch embedding over (p1 p2 c), a bias-free
+    to_qkv. style "new": attention with its own norm, FeedForward = Sequential(LN, Linear,
+    GELU, Dropout, Linear, Dropout), a final transformer.norm and a Linear mlp_head; style
+    "old": PreNorm wrappers (norm + fn), no transformer.norm, mlp_head = (LayerNorm, Linear)."""
     T = (img // p) ** 2 + 1
     D = C // heads
+    new = style == "new"
+
+    class PreNorm(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.norm = nn.LayerNorm(C, eps=eps)
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(self.norm(x))
 
     class Rearrange(nn.Module):  # b c (h p1) (w p2) -> b (h w) (p1 p2 c)
         def forward(self, x):
@@ -212,7 +223,7 @@ def _lucid_vit(C=16, heads=2, H=24, depth=2, p=4, img=8, K=4, chans=3, eps=1e-5)
     class Attention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.norm = nn.LayerNorm(C, eps=eps)
+            self.norm = nn.LayerNorm(C, eps=eps) if new else nn.Identity()
             self.to_qkv = nn.Linear(C, 3 * C, bias=False)
             self.to_out = nn.Sequential(nn.Linear(C, C), nn.Dropout(0.0))
 
@@ -226,8 +237,9 @@ def _lucid_vit(C=16, heads=2, H=24, depth=2, p=4, img=8, K=4, chans=3, eps=1e-5)
     class FeedForward(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.LayerNorm(C, eps=eps), nn.Linear(C, H), nn.GELU(),
-                                     nn.Dropout(0.0), nn.Linear(H, C), nn.Dropout(0.0))
+            layers = [nn.Linear(C, H), nn.GELU(), nn.Dropout(0.0), nn.Linear(H, C),
+                      nn.Dropout(0.0)]
+            self.net = nn.Sequential(*([nn.LayerNorm(C, eps=eps)] if new else []), *layers)
 
         def forward(self, x):
             return self.net(x)
@@ -235,9 +247,11 @@ def _lucid_vit(C=16, heads=2, H=24, depth=2, p=4, img=8, K=4, chans=3, eps=1e-5)
     class Transformer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.layers = nn.ModuleList(nn.ModuleList([Attention(), FeedForward()])
-                                        for _ in range(depth))
-            self.norm = nn.LayerNorm(C, eps=eps)
+            self.layers = nn.ModuleList(
+                nn.ModuleList([Attention(), FeedForward()] if new else
+                              [PreNorm(Attention()), PreNorm(FeedForward())])
+                for _ in range(depth))
+            self.norm = nn.LayerNorm(C, eps=eps) if new else nn.Identity()
 
         def forward(self, x):
             for attn, ff in self.layers:
@@ -252,7 +266,8 @@ def _lucid_vit(C=16, heads=2, H=24, depth=2, p=4, img=8, K=4, chans=3, eps=1e-5)
             self.pos_embedding = nn.Parameter(torch.zeros(1, T, C))
             self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
             self.transformer = Transformer()
-            self.mlp_head = nn.Linear(C, K)
+            self.mlp_head = nn.Linear(C, K) if new else \
+                nn.Sequential(nn.LayerNorm(C, eps=eps), nn.Linear(C, K))
 
         def forward(self, img_):
             x = self.to_patch_embedding(img_)
@@ -313,6 +328,29 @@ def test_user_json_map_via_cli(tmp_path, capsys, ext):
     direct = pio.apply_rename_map(sd, LUCID_MAP)
     assert "blocks.1.attn.qkv.weight" in direct and "blocks.1.attn.qkv.bias" not in direct
     assert direct["patch_embed.proj.weight"].shape == (16, 3, 4, 4)
+
+
+@needs_torch
+@pytest.mark.parametrize("style", ["new", "old"])
+def test_builtin_vit_pytorch_map(style):
+    ref = _randomise(_lucid_vit(style=style, C=24, heads=3, H=48, img=12, K=6), seed=7)
+    sd = ref.state_dict()
+    assert pio.detect_format(sd) == "vit_pytorch"
+    with pytest.raises(ValueError, match="give img_size, patch_size or in_chans"):
+        pio.from_state_dict(sd, num_heads=3)
+    model = pio.from_state_dict(sd, num_heads=3, img_size=12, max_batch=4)
+    c = model.config
+    assert (c.patch_size, c.mlp_ratio, c.mlp_dim, c.qkv_bias, c.final_norm, c.ln_eps) == \
+        (4, 2.0, None, False, True, 1e-5)
+    _logits_match(model, ref, img=12)
+    # newer versions put LayerNorms around the patch embedding: refused
+    newer = dict(sd)
+    newer["to_patch_embedding.1.weight"] = torch.ones(48, dtype=torch.float64)
+    newer["to_patch_embedding.1.bias"] = torch.zeros(48, dtype=torch.float64)
+    newer["to_patch_embedding.2.weight"] = sd["to_patch_embedding.1.weight"]
+    newer["to_patch_embedding.2.bias"] = sd["to_patch_embedding.1.bias"]
+    with pytest.raises(ValueError, match="LayerNorms around the patch embedding"):
+        pio.from_state_dict(newer, num_heads=3, img_size=12)
 
 
 def test_rename_map_rules_are_ordered_first_match_wins():

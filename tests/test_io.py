@@ -7,11 +7,9 @@ too, and skips those when the engine is not built.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
