@@ -1013,7 +1013,7 @@ def apply_rename_map(state_dict: Mapping[str, Any],
                      ) -> Dict[str, np.ndarray]:
     """Rename ``state_dict`` to polyvit's (timm's) names with a declarative map.
 
-    ``rename_map`` is a built-in name (``"torch_mha"``), a path to a JSON file or a dict (see
+    ``rename_map`` is a built-in name (``"torch_mha"``, ``"vit_pytorch"``), a path to a JSON file or a dict (see
     :func:`load_rename_map`). Each name, after ``module.``/``model.`` prefixes shared by all
     names are stripped, goes through:
 
@@ -1042,7 +1042,8 @@ def apply_rename_map(state_dict: Mapping[str, Any],
     leading ones. A 2-d ``patch_embed.proj.weight`` (a Linear over flattened patches) is made
     into the Conv2d form when ``patch_linear`` gives the order of its inputs (``"c p1 p2"``, or
     ``"p1 p2 c"`` as einops' ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)``) and the map's config
-    gives ``patch_size`` or ``in_chans``.
+    (or, through :func:`from_state_dict`, the caller) gives ``img_size``, ``patch_size`` or
+    ``in_chans``.
 
     The map's ``config`` (ViTConfig keys, or the aliases :func:`import_weights` accepts in file
     metadata) is used by :func:`from_state_dict`; this function only renames. Every problem is

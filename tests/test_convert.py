@@ -481,6 +481,11 @@ def test_hf_with_config_json_matches(tref, tmp_path):
         model = pio.from_state_dict(hf, hf_config=given, max_batch=4)
         assert model.config == cfg, model.config  # 40 / 24 is no plain ratio: mlp_dim
     _logits_match(model, ref)
+    # the same through the command line
+    src, out = tmp_path / "model.safetensors", tmp_path / "out.safetensors"
+    _write(src, hf, {"format": "pt"})
+    assert cli_main(["convert", str(src), "--out", str(out), "--hf-config", str(path)]) == 0
+    assert polyvit.load(out).config == cfg
     # without the config.json: the defaults of HF's ViTConfig (exact GELU, eps 1e-12)
     plain = pio.from_state_dict(hf, num_heads=3)
     assert plain.config.gelu == "erf" and plain.config.ln_eps == 1e-12
@@ -521,7 +526,7 @@ def test_hf_model_without_classifier_and_pooler_refused():
 
 
 @needs_torch
-def test_timm_avg_pool_fc_norm_needs_global_pool(tref):
+def test_timm_avg_pool_fc_norm_needs_global_pool(tref, tmp_path):
     cfg = ViTConfig(img_size=12, patch_size=4, embed_dim=24, depth=2, num_heads=3, mlp_dim=29,
                     num_classes=5, global_pool="avg", final_norm=False, fc_norm=True,
                     qkv_bias=False, ln_eps=1e-6)
@@ -533,6 +538,12 @@ def test_timm_avg_pool_fc_norm_needs_global_pool(tref):
     model = pio.from_state_dict(sd, num_heads=3, global_pool="avg", max_batch=4)
     assert model.config == cfg
     _logits_match(model, ref)
+    # the same through the command line
+    src, out = tmp_path / "timm.safetensors", tmp_path / "out.safetensors"
+    _write(src, sd, {})
+    assert cli_main(["convert", str(src), "--out", str(out), "--num-heads", "3",
+                     "--global-pool", "avg"]) == 0
+    assert polyvit.load(out).config == cfg
 
 
 # ----------------------------------------------------------------------------------------------
