@@ -47,11 +47,13 @@ static inline size_t npix(const img_ctx *c) { return (size_t)c->H * c->W; }
 
 static void fill_image(uint8_t *dst, const img_ctx *c) {
     size_t n = npix(c);
-    if (c->C == 1) {
-        memset(dst, c->fill[0], n);
-    } else {
-        for (size_t p = 0; p < n; p++) memcpy(dst + p * c->C, c->fill, c->C);
+    if (c->C == 1 || (c->fill[0] == c->fill[1] && c->fill[1] == c->fill[2])) {
+        memset(dst, c->fill[0], n * c->C);
+        return;
     }
+    size_t row = (size_t)c->W * c->C; /* one row by pixels, the others copied from it */
+    for (int x = 0; x < c->W; x++) memcpy(dst + (size_t)x * 3, c->fill, 3);
+    for (int y = 1; y < c->H; y++) memcpy(dst + y * row, dst, row);
 }
 
 /* ---- geometry (Geometry.c) ----------------------------------------------------------------- */
@@ -64,7 +66,9 @@ static inline long long floor_ll(double v) { /* FLOOR() for the fixed-point conv
     return v < 0.0 ? (long long)floor(v) : (long long)v;
 }
 
-static inline void put_px(uint8_t *dst, const uint8_t *src, int C) {
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE void put_px(uint8_t *dst, const uint8_t *src, const int C) {
     if (C == 3) {
         dst[0] = src[0];
         dst[1] = src[1];
@@ -75,8 +79,9 @@ static inline void put_px(uint8_t *dst, const uint8_t *src, int C) {
 }
 
 /* ImagingScaleAffine (a[1] == a[3] == 0), onto a background already filled */
-static void affine_scale(uint8_t *dst, const uint8_t *src, const double a[6], const img_ctx *c) {
-    int W = c->W, H = c->H, C = c->C, *xintab = c->xintab;
+ALWAYS_INLINE void affine_scale_c(uint8_t *dst, const uint8_t *src, const double a[6], const img_ctx *c,
+                                  const int C) {
+    int W = c->W, H = c->H, *xintab = c->xintab;
     double xo = a[2] + a[0] * 0.5, yo = a[5] + a[4] * 0.5;
     int xmin = W, xmax = 0;
     memset(xintab, 0, sizeof(int) * (size_t)W);
@@ -89,44 +94,91 @@ static void affine_scale(uint8_t *dst, const uint8_t *src, const double a[6], co
         }
         xo += a[0];
     }
+    /* a plain shift (Translate): every row is one contiguous copy */
+    int contiguous = xmin < xmax;
+    for (int x = xmin + 1; x < xmax && contiguous; x++) contiguous = xintab[x] == xintab[x - 1] + 1;
     for (int y = 0; y < H; y++) {
         int yi = coord(yo);
         if (yi >= 0 && yi < H) {
             const uint8_t *in = src + (size_t)yi * W * C;
             uint8_t *out = dst + (size_t)y * W * C;
-            for (int x = xmin; x < xmax; x++) put_px(out + (size_t)x * C, in + (size_t)xintab[x] * C, C);
+            if (contiguous)
+                memcpy(out + (size_t)xmin * C, in + (size_t)xintab[xmin] * C, (size_t)(xmax - xmin) * C);
+            else
+                for (int x = xmin; x < xmax; x++) put_px(out + (size_t)x * C, in + (size_t)xintab[x] * C, C);
         }
         yo += a[4];
     }
+}
+
+static void affine_scale(uint8_t *dst, const uint8_t *src, const double a[6], const img_ctx *c) {
+    if (c->C == 3)
+        affine_scale_c(dst, src, a, c, 3);
+    else
+        affine_scale_c(dst, src, a, c, 1);
 }
 
 static inline int check_fixed(const double a[6], int x, int y) {
     return fabs(x * a[0] + y * a[1] + a[2]) < 32768.0 && fabs(x * a[3] + y * a[4] + a[5]) < 32768.0;
 }
 
-/* affine_fixed: nearest neighbour in 16.16 fixed point (64-bit accumulators: the same values
- * Pillow's int arithmetic produces wherever it does not overflow) */
-static void affine_fixed(uint8_t *dst, const uint8_t *src, const double a[6], const img_ctx *c) {
-    int W = c->W, H = c->H, C = c->C;
+static inline long long floor_div(long long n, long long d) { /* d > 0 */
+    long long q = n / d;
+    return (n % d != 0 && n < 0) ? q - 1 : q;
+}
+
+/* the integers x with lo <= A + x * a < hi, intersected with [*x0, *x1) */
+static inline void clip_range(long long A, long long a, long long lo, long long hi, int *x0, int *x1) {
+    long long first, last; /* inclusive */
+    if (a > 0) {
+        first = -floor_div(-(lo - A), a);  /* ceil((lo - A) / a) */
+        last = floor_div(hi - 1 - A, a);
+    } else if (a < 0) {
+        first = floor_div(A - hi, -a) + 1;
+        last = floor_div(A - lo, -a);
+    } else {
+        if (A >= lo && A < hi) return;
+        *x1 = *x0;
+        return;
+    }
+    if (first > *x0) *x0 = first > *x1 ? *x1 : (int)first;
+    if (last + 1 < *x1) *x1 = last + 1 < *x0 ? *x0 : (int)(last + 1);
+}
+
+/* affine_fixed: nearest neighbour in 16.16 fixed point. Per row, the span of output pixels
+ * whose source lies inside the image is solved for exactly (the same test Pillow makes per
+ * pixel: 0 <= v >> 16 < size, i.e. 0 <= v < size << 16), then copied without tests; 64-bit
+ * accumulators give the values Pillow's int arithmetic gives wherever it does not overflow. */
+ALWAYS_INLINE void affine_fixed_c(uint8_t *dst, const uint8_t *src, const double a[6], const img_ctx *c,
+                                  const int C) {
+    int W = c->W, H = c->H;
 #define FIX(v) floor_ll((v) * 65536.0 + 0.5)
     long long a0 = FIX(a[0]), a1 = FIX(a[1]), a3 = FIX(a[3]), a4 = FIX(a[4]);
     long long a2 = FIX(a[2] + a[0] * 0.5 + a[1] * 0.5), a5 = FIX(a[5] + a[3] * 0.5 + a[4] * 0.5);
 #undef FIX
-    for (int y = 0; y < H; y++) {
-        long long xx = a2, yy = a5;
+    long long wlim = (long long)W << 16, hlim = (long long)H << 16;
+    for (int y = 0; y < H; y++, a2 += a1, a5 += a4) {
+        int x0 = 0, x1 = W;
+        clip_range(a2, a0, 0, wlim, &x0, &x1);
+        clip_range(a5, a3, 0, hlim, &x0, &x1);
+        if (x0 >= x1) continue;
         uint8_t *out = dst + (size_t)y * W * C;
-        for (int x = 0; x < W; x++) {
-            long long xin = xx >> 16;
-            if (xin >= 0 && xin < W) {
-                long long yin = yy >> 16;
-                if (yin >= 0 && yin < H) put_px(out + (size_t)x * C, src + ((size_t)yin * W + (size_t)xin) * C, C);
-            }
-            xx += a0;
-            yy += a3;
+        long long xx = a2 + x0 * a0, yy = a5 + x0 * a3;
+        if (a3 == 0 && a0 == 65536) { /* ShearX: the span is one contiguous piece of a row */
+            memcpy(out + (size_t)x0 * C, src + ((size_t)(yy >> 16) * W + (size_t)(xx >> 16)) * C,
+                   (size_t)(x1 - x0) * C);
+            continue;
         }
-        a2 += a1;
-        a5 += a4;
+        for (int x = x0; x < x1; x++, xx += a0, yy += a3)
+            put_px(out + (size_t)x * C, src + ((size_t)(yy >> 16) * W + (size_t)(xx >> 16)) * C, C);
     }
+}
+
+static void affine_fixed(uint8_t *dst, const uint8_t *src, const double a[6], const img_ctx *c) {
+    if (c->C == 3)
+        affine_fixed_c(dst, src, a, c, 3);
+    else
+        affine_fixed_c(dst, src, a, c, 1);
 }
 
 /* ImagingTransformAffine's floating-point fallback (coordinates beyond +-32768) */
@@ -140,7 +192,7 @@ static void affine_float(uint8_t *dst, const uint8_t *src, const double a[6], co
             int xin = coord(xx);
             if (xin >= 0 && xin < W) {
                 int yin = coord(yy);
-                if (yin >= 0 && yin < H) put_px(out + (size_t)x * C, src + ((size_t)yin * W + xin) * C, C);
+                if (yin >= 0 && yin < H) memcpy(out + (size_t)x * C, src + ((size_t)yin * W + xin) * C, C);
             }
             xx += a[0];
             yy += a[3];
@@ -314,24 +366,34 @@ static void op_rotate(uint8_t *dst, const uint8_t *src, double angle, const img_
 }
 
 /* ---- colour (Blend.c, Convert.c, Filter.c, ImageOps) ---------------------------------- */
+/* Pillow's clip to 0..255 then truncation (t <= 0 -> 0, t >= 255 -> 255, else (int)t), done as
+ * truncation then an integer clamp, which gives the same for every |t| < 2^31 and vectorizes
+ * (float compares do not: GCC keeps them as branches). The binding bounds |magnitude| by 1e6,
+ * so |t| <= 255 * (1 + 1e6) here. */
+static inline int clip_trunc(float t) {
+    int i = (int)t;
+    i = i < 0 ? 0 : i;
+    return i > 255 ? 255 : i;
+}
+
 /* ImagingBlend of one value: in1 + alpha * (in2 - in1) in float, clipped, truncated */
 static inline uint8_t blend_px(int in1, int in2, float alpha) {
-    float t = (float)in1 + alpha * (float)(in2 - in1);
-    return t <= 0.0f ? 0 : t >= 255.0f ? 255 : (uint8_t)t;
+    return (uint8_t)clip_trunc((float)in1 + alpha * (float)(in2 - in1));
 }
 
 static inline int luma(const uint8_t *p) { /* Convert.c rgb2l: L24 >> 16 */
     return (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
 }
 
-static void apply_lut(uint8_t *dst, const uint8_t *src, const uint8_t lut[256], size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = lut[src[i]];
+/* blend of every value with one constant degenerate value (Brightness: 0; Contrast: the mean) */
+static void blend_const(uint8_t *restrict dst, const uint8_t *restrict src, size_t n, int deg, float alpha) {
+    for (size_t i = 0; i < n; i++) dst[i] = blend_px(deg, src[i], alpha);
 }
 
 /* one table per channel */
-static void apply_luts(uint8_t *dst, const uint8_t *src, uint8_t lut[][256], size_t np, int C) {
+static void apply_luts(uint8_t *restrict dst, const uint8_t *restrict src, uint8_t lut[][256], size_t np, int C) {
     if (C == 1) {
-        apply_lut(dst, src, lut[0], np);
+        for (size_t i = 0; i < np; i++) dst[i] = lut[0][src[i]];
         return;
     }
     for (size_t p = 0; p < np; p++) {
@@ -341,11 +403,7 @@ static void apply_luts(uint8_t *dst, const uint8_t *src, uint8_t lut[][256], siz
     }
 }
 
-static void blend_const_lut(uint8_t lut[256], int deg, float alpha) {
-    for (int v = 0; v < 256; v++) lut[v] = blend_px(deg, v, alpha);
-}
-
-static void op_color(uint8_t *dst, const uint8_t *src, float alpha, const img_ctx *c) {
+static void op_color(uint8_t *restrict dst, const uint8_t *restrict src, float alpha, const img_ctx *c) {
     size_t n = npix(c);
     if (c->C == 1) { /* ImageEnhance.Color of an "L" image blends it with itself */
         memcpy(dst, src, n);
@@ -360,7 +418,7 @@ static void op_color(uint8_t *dst, const uint8_t *src, float alpha, const img_ct
     }
 }
 
-static void op_contrast(uint8_t *dst, const uint8_t *src, float alpha, const img_ctx *c) {
+static void op_contrast(uint8_t *dst, const uint8_t *restrict src, float alpha, const img_ctx *c) {
     size_t n = npix(c);
     long long sum = 0;
     if (c->C == 3)
@@ -369,9 +427,23 @@ static void op_contrast(uint8_t *dst, const uint8_t *src, float alpha, const img
         for (size_t p = 0; p < n; p++) sum += src[p];
     /* ImageStat mean (exact int sum / count, correctly rounded), int(mean + 0.5) */
     int mean = (int)((double)sum / (double)n + 0.5);
-    uint8_t lut[256];
-    blend_const_lut(lut, mean, alpha);
-    apply_lut(dst, src, lut, n * c->C);
+    blend_const(dst, src, n * c->C, mean, alpha);
+}
+
+/* one row of ImageEnhance.Sharpness (interior pixels), C a compile-time constant */
+ALWAYS_INLINE void sharpness_row(uint8_t *restrict out, const uint8_t *restrict up,
+                                 const uint8_t *restrict mid, const uint8_t *restrict dn,
+                                 size_t row, float alpha, const int C) {
+    const float k1 = 1.0f / 13.0f, k5 = 5.0f / 13.0f; /* kernel / divisor, in float */
+    for (size_t i = C; i < row - C; i++) {
+        /* Filter.c: offset 0.5, then rows y+1, y, y-1, each ((l*k + m*k) + r*k) */
+        float ss = 0.5f;
+        ss += ((float)dn[i - C] * k1 + (float)dn[i] * k1) + (float)dn[i + C] * k1;
+        ss += ((float)mid[i - C] * k1 + (float)mid[i] * k5) + (float)mid[i + C] * k1;
+        ss += ((float)up[i - C] * k1 + (float)up[i] * k1) + (float)up[i + C] * k1;
+        int deg = clip_trunc(ss);
+        out[i] = (uint8_t)clip_trunc((float)deg + alpha * (float)(mid[i] - deg));
+    }
 }
 
 /* ImageEnhance.Sharpness: blend of the SMOOTH-filtered image and the image */
@@ -382,37 +454,51 @@ static void op_sharpness(uint8_t *dst, const uint8_t *src, float alpha, const im
         memcpy(dst, src, row * H);
         return;
     }
-    const float k1 = 1.0f / 13.0f, k5 = 5.0f / 13.0f; /* kernel / divisor, in float */
-    memcpy(dst, src, row);
+    memcpy(dst, src, row); /* Filter.c copies the border rows and columns */
     memcpy(dst + (H - 1) * row, src + (H - 1) * row, row);
     for (int y = 1; y < H - 1; y++) {
         const uint8_t *up = src + (y - 1) * row, *mid = src + y * row, *dn = src + (y + 1) * row;
         uint8_t *out = dst + y * row;
         memcpy(out, mid, C);
         memcpy(out + row - C, mid + row - C, C);
-        for (size_t i = C; i < row - C; i++) {
-            /* Filter.c: offset 0.5, then rows y+1, y, y-1, each ((l*k + m*k) + r*k) */
-            float ss = 0.5f;
-            ss += ((float)dn[i - C] * k1 + (float)dn[i] * k1) + (float)dn[i + C] * k1;
-            ss += ((float)mid[i - C] * k1 + (float)mid[i] * k5) + (float)mid[i + C] * k1;
-            ss += ((float)up[i - C] * k1 + (float)up[i] * k1) + (float)up[i + C] * k1;
-            int deg = ss <= 0.0f ? 0 : ss >= 255.0f ? 255 : (int)ss;
-            out[i] = blend_px(deg, mid[i], alpha);
-        }
+        if (C == 3)
+            sharpness_row(out, up, mid, dn, row, alpha, 3);
+        else
+            sharpness_row(out, up, mid, dn, row, alpha, 1);
     }
 }
 
+/* per-channel histograms; two copies (even / odd pixels) so that runs of equal values do not
+ * serialise on one counter */
 static void histograms(unsigned hist[][256], const uint8_t *src, size_t n, int C) {
-    memset(hist, 0, sizeof(unsigned) * 256 * C);
+    unsigned h2[2][3][256];
+    memset(h2, 0, sizeof h2);
+    size_t p = 0;
     if (C == 1) {
-        for (size_t p = 0; p < n; p++) hist[0][src[p]]++;
+        for (; p + 1 < n; p += 2) {
+            h2[0][0][src[p]]++;
+            h2[1][0][src[p + 1]]++;
+        }
+        if (p < n) h2[0][0][src[p]]++;
     } else {
-        for (size_t p = 0; p < n; p++) {
-            hist[0][src[3 * p]]++;
-            hist[1][src[3 * p + 1]]++;
-            hist[2][src[3 * p + 2]]++;
+        for (; p + 1 < n; p += 2) {
+            const uint8_t *a = src + 3 * p;
+            h2[0][0][a[0]]++;
+            h2[0][1][a[1]]++;
+            h2[0][2][a[2]]++;
+            h2[1][0][a[3]]++;
+            h2[1][1][a[4]]++;
+            h2[1][2][a[5]]++;
+        }
+        if (p < n) {
+            const uint8_t *a = src + 3 * p;
+            h2[0][0][a[0]]++;
+            h2[0][1][a[1]]++;
+            h2[0][2][a[2]]++;
         }
     }
+    for (int ch = 0; ch < C; ch++)
+        for (int v = 0; v < 256; v++) hist[ch][v] = h2[0][ch][v] + h2[1][ch][v];
 }
 
 static void op_autocontrast(uint8_t *dst, const uint8_t *src, const img_ctx *c) {
@@ -469,7 +555,6 @@ static void op_equalize(uint8_t *dst, const uint8_t *src, const img_ctx *c) {
 static void apply_one(uint8_t *dst, const uint8_t *src, int op, double mag, const img_ctx *c) {
     size_t n = npix(c) * c->C;
     double m[6];
-    uint8_t lut[256];
     switch (op) {
     case PV_OP_SHEAR_X:
         inverse_affine(m, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, atan(mag) * RAD_TO_DEG, 0.0);
@@ -493,8 +578,7 @@ static void apply_one(uint8_t *dst, const uint8_t *src, int op, double mag, cons
         op_rotate(dst, src, mag, c);
         break;
     case PV_OP_BRIGHTNESS:
-        blend_const_lut(lut, 0, (float)(1.0 + mag));
-        apply_lut(dst, src, lut, n);
+        blend_const(dst, src, n, 0, (float)(1.0 + mag));
         break;
     case PV_OP_COLOR:
         op_color(dst, src, (float)(1.0 + mag), c);
@@ -509,14 +593,21 @@ static void apply_one(uint8_t *dst, const uint8_t *src, int op, double mag, cons
         int bits = (int)mag; /* validated 0..8 */
         bits = bits < 0 ? 0 : bits > 8 ? 8 : bits;
         uint8_t mask = (uint8_t)~((1 << (8 - bits)) - 1);
-        for (int v = 0; v < 256; v++) lut[v] = (uint8_t)(v & mask);
-        apply_lut(dst, src, lut, n);
+        for (size_t i = 0; i < n; i++) dst[i] = src[i] & mask;
         break;
     }
-    case PV_OP_SOLARIZE:
-        for (int v = 0; v < 256; v++) lut[v] = v < mag ? (uint8_t)v : (uint8_t)(255 - v);
-        apply_lut(dst, src, lut, n);
+    case PV_OP_SOLARIZE: {
+        /* v < threshold stays, the rest is inverted: the first inverted value is ceil(threshold) */
+        double t = ceil(mag);
+        int first = t <= 0 ? 0 : t >= 256 ? 256 : (int)t;
+        if (first == 256) {
+            memcpy(dst, src, n);
+        } else {
+            uint8_t f = (uint8_t)first;
+            for (size_t i = 0; i < n; i++) dst[i] = src[i] >= f ? (uint8_t)(255 - src[i]) : src[i];
+        }
         break;
+    }
     case PV_OP_AUTOCONTRAST:
         op_autocontrast(dst, src, c);
         break;
