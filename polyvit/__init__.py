@@ -11,6 +11,10 @@ from .config import PRESETS, ViTConfig
 from .losses import Loss
 from .model import ViT
 from .optim import AdamW
+from .training import Distiller, Stage, Trainer, train
+from .metrics import evaluate
+from .students import full, hybrid
+from . import fit, mpc
 
 
 def set_num_threads(n: int) -> None:

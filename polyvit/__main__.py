@@ -1,6 +1,8 @@
 """python -m polyvit: the command-line face.
 
   python -m polyvit info        how the engine was built (compiler, OpenMP, BLAS, SIMD)
+  python -m polyvit train | fit | distill | evaluate | report | experiment
+                                the method's pipeline (see polyvit/cli.py)
   python -m polyvit quickstart  a 30-second tour: train a small ViT a few steps, switch blocks
                                 to the quadratic activation, keep training, save and reload
   python -m polyvit convert SRC --out model.safetensors
@@ -150,7 +152,11 @@ def main(argv=None) -> int:
     c.add_argument("--std", type=float, nargs="+", help="input normalisation std, per channel")
     c.add_argument("--img-size", type=int, help="image size (checked against the weights)")
     c.add_argument("--hf-config", help="a Hugging Face config.json for an hf checkpoint")
+    from . import cli
+
+    cli.register(sub)  # train, fit, distill, evaluate, report, experiment
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the commands results record
     if args.cmd == "info":
         return _info(args)
     if args.cmd == "quickstart":
@@ -161,6 +167,16 @@ def main(argv=None) -> int:
         except (_UserError, ValueError, TypeError, OSError, ImportError) as e:
             print(f"python -m polyvit convert: error: {_one_line(e)}", file=sys.stderr)
             return 2
+    if getattr(args, "func", None) is not None:
+        try:
+            return args.func(args)
+        except (cli.UserError, ValueError, TypeError, OSError, ImportError) as e:
+            print(f"python -m polyvit {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"python -m polyvit {args.cmd}: interrupted; run the same command again to "
+                  f"resume from the last checkpoint", file=sys.stderr)
+            return 130
     ap.print_help()
     return 0
 

@@ -1,0 +1,152 @@
+"""The seed's experiment on any GELU teacher: V1 static fit, V2 DirectFit + Scale Fix,
+V3 distillation with frozen coefficients, and the final recipe (trainable coefficients, pure
+logit MSE), for each chosen configuration (Hybrid-k, Full). One JSON per row, a table at the end.
+
+    python -m polyvit experiment --teacher model.safetensors --configs hybrid-2 full --epochs 2 \\
+        --out results/mymodel
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import fit as fitting
+from . import mpc
+from .config import normalise_blocks
+from .losses import Loss
+from .metrics import evaluate
+from .students import student as make_student
+from .training import Distiller, Stage
+
+METHODS = ("V1", "V2", "V3", "final")
+
+
+def parse_config(name: str, depth: int) -> List[int]:
+    """'hybrid-k' -> first k blocks, 'full' -> all, '0,2,5' -> those blocks."""
+    n = name.lower()
+    if n == "full":
+        return list(range(depth))
+    if n.startswith("hybrid-"):
+        k = int(n.split("-", 1)[1])
+        if not 1 <= k <= depth:
+            raise ValueError(f"{name}: k must be in 1..{depth}")
+        return list(range(k))
+    try:
+        return normalise_blocks([int(v) for v in n.split(",")], depth)
+    except ValueError:
+        raise ValueError(f"unknown configuration {name!r}: use hybrid-K, full or a list like 0,2,5") from None
+
+
+def config_label(name: str, depth: int) -> str:
+    n = name.lower()
+    if n == "full":
+        return f"Full-{depth}"
+    if n.startswith("hybrid-"):
+        return f"Hybrid-{n.split('-', 1)[1]}"
+    return f"blocks {name}"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
+        lr: float = 5e-4, coeff_lr: float = 5e-3, batch_size: int = 64,
+        calibration: int = 512, eval_size: Optional[int] = None, methods: Sequence[str] = METHODS,
+        out: Optional[str] = None, seed: int = 0, magnitude: Optional[int] = 9,
+        command: str = "", progress: bool = True) -> List[Dict[str, Any]]:
+    """Run the methods for each configuration; returns the rows (also written under ``out``).
+
+    V3 and final share epochs, learning rate and augmentation (RandAugment + Mixup/CutMix),
+    as the seed compares them; they start from the V2 (DirectFit + Scale Fix) student.
+    """
+    for mth in methods:
+        if mth not in METHODS:
+            raise ValueError(f"unknown method {mth!r}; choose from {METHODS}")
+    depth = teacher.config.depth
+    test = test_data if eval_size is None else test_data[:eval_size]
+    rng = np.random.default_rng([seed, 11])
+    cal_idx = np.sort(rng.choice(len(train_data), min(calibration, len(train_data)), replace=False))
+    cal = train_data.images[cal_idx]
+    rows: List[Dict[str, Any]] = []
+    t0 = time.time()
+    base = evaluate(teacher, teacher, (test.images, test.labels))
+    rows.append(_row("teacher (GELU)", "GELU", teacher, base, 0.0, command, {}))
+    if out:
+        os.makedirs(out, exist_ok=True)
+    for name in configs:
+        blocks = parse_config(name, depth)
+        label = config_label(name, depth)
+        for mth in methods:
+            t = time.time()
+            s = make_student(teacher, blocks, max_batch=max(batch_size, 64))
+            extra: Dict[str, Any] = {}
+            if mth == "V1":
+                fitting.static(s, blocks)
+            else:
+                reps = fitting.directfit(s, teacher, cal, blocks)
+                extra["fits"] = [r.to_dict() for r in reps]
+            if mth in ("V3", "final"):
+                wd = os.path.join(out, "runs", f"{label}-{mth}") if out else None
+                d = Distiller(s, teacher, train_data, (test.images, test.labels),
+                              loss=Loss(mse=1.0, ce=0.0),
+                              stages=[Stage(epochs=epochs, lr=lr, warmup_epochs=min(1.0, epochs / 4),
+                                            magnitude=magnitude)],
+                              trainable_coeffs=(mth == "final"), coeff_lr=coeff_lr,
+                              batch_size=batch_size, seed=seed, workdir=wd, progress=progress,
+                              eval_size=min(2000, len(test)))
+                extra["history"] = d.run()
+            r = evaluate(s, teacher, (test.images, test.labels))
+            row = _row(f"{label} {mth}", mth, s, r, time.time() - t, command, extra)
+            row["config"] = label
+            rows.append(row)
+            if progress:
+                print(f"{label} {mth}: top-1 {r['student_top1']:.4f}, fidelity {r['fidelity']:.4f}, "
+                      f"cosine {r['logit_cosine']:.4f} ({time.time() - t:.0f} s)", file=sys.stderr,
+                      flush=True)
+            if out:
+                with open(os.path.join(out, f"{label}-{mth}.json"), "w") as f:
+                    json.dump(row, f, indent=1)
+    if out:
+        with open(os.path.join(out, "teacher.json"), "w") as f:
+            json.dump(rows[0], f, indent=1)
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(table(rows) + "\n")
+    return rows
+
+
+def _row(name, method, model, r, seconds, command, extra) -> Dict[str, Any]:
+    c = mpc.count(model)
+    return {"name": name, "method": method, "top1": r.get("student_top1"),
+            "top5": r.get("student_top5"), "teacher_top1": r.get("teacher_top1"),
+            "fidelity": r.get("fidelity"), "logit_cosine": r.get("logit_cosine"), "kl": r.get("kl"),
+            "gelu_comparison_pct": c["gelu_comparison_pct"],
+            "model_comparison_pct": c["model_comparison_pct"], "mpc_profile": c["profile"],
+            "seconds": seconds, "machine": machine(), "command": command,
+            "blocks": r.get("blocks"), "n_test": r.get("n"), **extra}
+
+
+def table(rows: Sequence[Dict[str, Any]]) -> str:
+    head = ("| model | top-1 | fidelity | logit cosine | GELU comparisons | all comparisons | "
+            "wall time |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['name']} | {100 * r['top1']:.2f} | {100 * r['fidelity']:.2f} | "
+                     f"{r['logit_cosine']:.4f} | {r['gelu_comparison_pct']:.0f}% | "
+                     f"{r['model_comparison_pct']:.0f}% | {r['seconds']:.0f} s |")
+    return "\n".join(lines)

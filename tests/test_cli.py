@@ -1,0 +1,83 @@
+"""The pipeline on the command line, end to end on a tiny image folder: train, fit, distill,
+evaluate, report (with plots), experiment; and its user errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from polyvit.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("test", 16)):
+        for cls in ("cat", "dog"):
+            os.makedirs(root / split / cls)
+            for i in range(n):
+                a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                if cls == "dog":
+                    a[:16] //= 2
+                Image.fromarray(a).save(root / split / cls / f"{i:03d}.png")
+    return str(root)
+
+
+def test_pipeline(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("POLYVIT_CACHE", str(tmp_path / "cache"))
+    small = ["--embed-dim", "16", "--depth", "2", "--num-heads", "2"]
+    t = str(tmp_path / "teacher")
+    assert main(["train", "--data", folder, *small, "--epochs", "2", "--batch-size", "16",
+                 "--out", t, "--magnitude", "5"]) == 0
+    teacher = os.path.join(t, "model.safetensors")
+    assert os.path.exists(teacher) and os.path.exists(os.path.join(t, "log.jsonl"))
+    s = str(tmp_path / "student.safetensors")
+    assert main(["fit", "--data", folder, "--teacher", teacher, "--blocks", "hybrid-1",
+                 "--out", s, "--calibration", "32"]) == 0
+    fits = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert fits and fits[0]["method"] == "directfit" and fits[0]["block"] == 0
+    d = str(tmp_path / "distill")
+    assert main(["distill", "--data", folder, "--teacher", teacher, "--student", s,
+                 "--epochs", "1", "--batch-size", "16", "--out", d]) == 0
+    ev = str(tmp_path / "eval.json")
+    assert main(["evaluate", "--data", folder, "--student", os.path.join(d, "student.safetensors"),
+                 "--teacher", teacher, "--out", ev]) == 0
+    r = json.load(open(ev))
+    assert 0 <= r["fidelity"] <= 1 and r["blocks"][0]["activation"] == "poly"
+    png = str(tmp_path / "curves.png")
+    assert main(["report", "--logs", os.path.join(t, "log.jsonl"), os.path.join(d, "log.jsonl"),
+                 "--plot", png]) == 0
+    assert os.path.getsize(png) > 1000
+    out = str(tmp_path / "exp")
+    assert main(["experiment", "--data", folder, "--teacher", teacher, "--configs", "hybrid-1",
+                 "full", "--methods", "V1", "V2", "--out", out]) == 0
+    rows = json.load(open(os.path.join(out, "Full-2-V2.json")))
+    assert rows["method"] == "V2" and rows["gelu_comparison_pct"] == 0.0
+    assert "python -m polyvit experiment" in rows["command"]
+    assert "| Hybrid-1 V1 |" in open(os.path.join(out, "table.md")).read()
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["fit", "--teacher", str(tmp_path / "none.safetensors"), "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err
+    assert main(["evaluate", "--student", "a", "--device", "cuda"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_plot_fits(tmp_path):
+    import polyvit
+    from polyvit.plots import plot_fits
+
+    m = polyvit.ViT(polyvit.ViTConfig(img_size=8, patch_size=4, embed_dim=8, depth=2, num_heads=2,
+                                      num_classes=3), max_batch=4)
+    m.set_activation([1], "poly", coeffs=(0.2, 0.5, 0.1, 1.2))
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    _, acts = m.forward(x, capture=True)
+    p = plot_fits(m, acts, str(tmp_path / "fits.png"), title="test")
+    assert os.path.getsize(p) > 1000
