@@ -13,7 +13,7 @@ from .model import ViT
 from .optim import AdamW
 from .training import Distiller, Stage, Trainer, train
 from .metrics import evaluate
-from .students import full, hybrid
+from .students import full, hybrid, student
 from . import fit, mpc
 
 

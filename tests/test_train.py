@@ -159,3 +159,23 @@ def test_method_bar_on_real_cifar10(tmp_path):
     print(f"teacher top-1 {base['student_top1']:.3f}; fidelity static {f1:.3f} < "
           f"DirectFit {f2:.3f} < distilled {f3:.3f}")
     assert f1 < f2 < f3
+
+
+@pytest.mark.parametrize("loss", [Loss(kl=1.0, ce=0.0, temperature=4.0),
+                                  Loss(mse=0.5, kl=0.5, ce=0.5, label_smoothing=0.1)],
+                         ids=["kl_T4", "mse+kl+ce"])
+def test_distiller_other_losses_and_frozen_coefficients(loss):
+    """KL with temperature and weighted mixes with cross-entropy on the (mixed) labels train;
+    frozen coefficients (V3) stay exactly as fitted while the weights move."""
+    data = _synthetic(128, 0)
+    T = _tiny(seed=5)
+    s = polyvit.hybrid(T, 1, max_batch=32)
+    before = s.coefficients(0)
+    w0 = s.params["blocks.0.mlp.fc1.weight"].copy()
+    h = Distiller(s, T, data, data[:64], loss=loss, trainable_coeffs=False, batch_size=32,
+                  stages=[Stage(epochs=2, lr=1e-3, magnitude=None)], progress=False).run()
+    assert len(h) == 2 and all(math.isfinite(r["train_loss"]) for r in h)
+    for k in "abcs":
+        np.testing.assert_array_equal(s.coefficients(0)[k], before[k])
+    assert not np.array_equal(s.params["blocks.0.mlp.fc1.weight"], w0)
+    assert "fidelity" in h[-1]["eval"]
