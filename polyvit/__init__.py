@@ -14,7 +14,7 @@ from .optim import AdamW
 from .training import Distiller, Stage, Trainer, train
 from .metrics import evaluate
 from .students import full, hybrid, student
-from . import fit, mpc
+from . import augment, datasets, fit, loader, mixup, mpc
 
 
 def set_num_threads(n: int) -> None:
