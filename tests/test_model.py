@@ -425,3 +425,18 @@ def test_architecture_options_match_reference(opts, dtype_name, torch, tref):
     x = random_images(cfg, 4, rng)
     R = rng.standard_normal((4, cfg.num_classes)).astype(np.float32)
     _compare_to_reference(m, P, cfg, x, R, torch, tref, getattr(torch, dtype_name))
+
+
+@pytest.mark.parametrize("opts", list(OPTION_CASES.values()), ids=list(OPTION_CASES))
+def test_architecture_options_round_trip_through_safetensors(opts, tmp_path):
+    """Every option is stored in the file's metadata and comes back: same config, same
+    logits bit for bit."""
+    rng = np.random.default_rng(7)
+    cfg = make_config(**{**SMALL, **opts, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.25)})
+    m, _ = _model(cfg, rng, max_batch=3)
+    p = tmp_path / "m.safetensors"
+    m.save(p)
+    again = polyvit.load(p, max_batch=3)
+    assert again.config == cfg
+    x = random_images(cfg, 3, rng)
+    np.testing.assert_array_equal(again.forward(x), m.forward(x))
