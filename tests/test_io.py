@@ -63,7 +63,7 @@ def _real_vit_class():
 def backend(request, monkeypatch):
     """A model constructor ``make(config)``; io builds models with the same class."""
     if request.param == "stand-in":
-        monkeypatch.setattr(pio, "_model_class", lambda: StandInViT)
+        monkeypatch.setattr(pio._common, "_model_class", lambda: StandInViT)
         return lambda cfg: StandInViT(cfg, max_batch=2)
     cls = _real_vit_class()
 
@@ -77,7 +77,7 @@ def backend(request, monkeypatch):
 
 @pytest.fixture
 def standin(monkeypatch):
-    monkeypatch.setattr(pio, "_model_class", lambda: StandInViT)
+    monkeypatch.setattr(pio._common, "_model_class", lambda: StandInViT)
     return lambda cfg: StandInViT(cfg, max_batch=2)
 
 
