@@ -19,6 +19,20 @@ def main() -> None:
           "| PyTorch train | ratio | polyvit train GFLOP/s | machine |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    aug = sorted(glob.glob(os.path.join(HERE, "results", "augment_*.json")))
+    if aug:
+        print()
+        print("| images | polyvit RandAugment(2, 9), 1 thread | torchvision (PIL), 1 thread | ratio per core "
+              "| + normalize + Mixup: polyvit | torchvision | ratio | 2 threads: polyvit img/s | machine |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for path in aug:
+            r = json.load(open(path))
+            p, q, k = r["polyvit"], r["peer"], r["ratio"]
+            size = r["config"].get("image_size", r["config"].get("size", "?"))
+            print(f"| {size} | {p['randaugment_img_s_t1']:,.0f} | {q['randaugment_img_s']:,.0f} | "
+                  f"**{k['randaugment_per_core_t1']:.1f}x** | {p['pipeline_img_s_t1']:,.0f} | "
+                  f"{q['pipeline_img_s']:,.0f} | **{k['pipeline_per_core_t1']:.1f}x** | "
+                  f"{p.get('randaugment_img_s_t2', float('nan')):,.0f} | {r['device']}, {r['date'][:10]} |")
 
 
 if __name__ == "__main__":
