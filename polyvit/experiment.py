@@ -101,6 +101,9 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
             else:
                 reps = fitting.directfit(s, teacher, cal, blocks)
                 extra["fits"] = [r.to_dict() for r in reps]
+                if mth == "V2" and out:
+                    _try_plot_fits(s, teacher, cal, blocks, os.path.join(out, f"fits-{label}.png"),
+                                   f"{label}: DirectFit + Scale Fix over the teacher's pre-activations")
             if mth in ("V3", "final"):
                 wd = os.path.join(out, "runs", f"{label}-{mth}") if out else None
                 d = Distiller(s, teacher, train_data, (test.images, test.labels),
@@ -123,11 +126,34 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                 with open(os.path.join(out, f"{label}-{mth}.json"), "w") as f:
                     json.dump(row, f, indent=1)
     if out:
+        logs = {f"{r['name']}": os.path.join(out, "runs", f"{r['config']}-{r['method']}", "log.jsonl")
+                for r in rows[1:] if r["method"] in ("V3", "final")}
+        logs = {k: v for k, v in logs.items() if os.path.exists(v)}
+        if logs:
+            try:
+                from .plots import plot_curves
+
+                plot_curves(logs, os.path.join(out, "curves.png"),
+                            "distillation: student accuracy, fidelity and loss per epoch")
+            except ImportError:
+                pass
         with open(os.path.join(out, "teacher.json"), "w") as f:
             json.dump(rows[0], f, indent=1)
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(table(rows) + "\n")
     return rows
+
+
+def _try_plot_fits(student, teacher, images, blocks, path, title) -> None:
+    try:
+        from .plots import plot_fits
+    except ImportError:
+        return
+    try:
+        _, acts = teacher.forward(images, capture=blocks)
+        plot_fits(student, acts, path, title)
+    except ImportError:  # matplotlib absent
+        pass
 
 
 def _row(name, method, model, r, seconds, command, extra) -> Dict[str, Any]:
