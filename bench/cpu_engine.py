@@ -26,29 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import polyvit  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def timeit(fn, repeats: int, warmup: int = 1) -> float:
-    """Best of `repeats` wall times (seconds) after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _common import best_time, cpu_name  # noqa: E402
 
 
 def torch_peers(model, threads: int):
@@ -85,8 +63,8 @@ def run_case(preset: str, batch: int, threads: int, repeats: int) -> dict:
     torch, refs = torch_peers(m, threads)  # copies the weights before any step changes them
     opt = polyvit.AdamW(m, lr=1e-5, weight_decay=0.05)
 
-    pv_fwd = timeit(lambda: m.forward(x), repeats)
-    pv_train = timeit(lambda: m.train_step(x, labels=y, optimizer=opt), repeats)
+    pv_fwd = best_time(lambda: m.forward(x), repeats)
+    pv_train = best_time(lambda: m.train_step(x, labels=y, optimizer=opt), repeats)
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     peers = {}
@@ -103,7 +81,7 @@ def run_case(preset: str, batch: int, threads: int, repeats: int) -> dict:
             loss.backward()
             topt.step()
 
-        peers[name] = (timeit(t_fwd, repeats), timeit(t_train, repeats))
+        peers[name] = (best_time(t_fwd, repeats), best_time(t_train, repeats))
     pt_fwd = min(t[0] for t in peers.values())
     pt_train = min(t[1] for t in peers.values())
 

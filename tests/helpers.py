@@ -106,3 +106,15 @@ def assert_rel(x: np.ndarray, ref: np.ndarray, tol: float, what: str = "") -> fl
     assert e <= tol, f"{what}: relative error {e:.3g} > {tol:.1g} (max|ref| = " \
                      f"{float(np.max(np.abs(np.asarray(ref, dtype=np.float64)))):.3g})"
     return e
+
+
+def shared_data_dir(*files: str):
+    """The shared data folder ($POLYVIT_DATA, else ../shared/data beside the repository) if it
+    holds every file named, else None (tests that need it skip with a reason)."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in (os.environ.get("POLYVIT_DATA"), os.path.join(here, "..", "..", "shared", "data")):
+        if d and all(os.path.isfile(os.path.join(d, f)) for f in files):
+            return d
+    return None

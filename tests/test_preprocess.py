@@ -10,19 +10,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from helpers import SMALL, make_config, random_params, set_params
+from helpers import SMALL, make_config, random_params, set_params, shared_data_dir
 
 import polyvit
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
-
-
-def _data_dir():
-    here = os.path.dirname(os.path.abspath(__file__))
-    for d in (os.environ.get("POLYVIT_DATA"), os.path.join(here, "..", "..", "shared", "data")):
-        if d and os.path.isfile(os.path.join(d, "volterra-vit128.safetensors")):
-            return d
-    return None
 
 
 @pytest.fixture
@@ -99,7 +91,8 @@ def test_normalisation_round_trips_through_save(model, tmp_path):
 # ------------------------------------------------------------------------------------------
 # the shared third-party model: same predictions on all 10,000 CIFAR-10 test images
 # ------------------------------------------------------------------------------------------
-DATA = _data_dir()
+DATA = shared_data_dir("volterra-vit128.safetensors", "volterra-vit128.reference.npz",
+                       "cifar10-jpeg.tar.gz")
 needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data (or $POLYVIT_DATA) with "
                                 "volterra-vit128.safetensors and cifar10-jpeg.tar.gz is absent")
 PIXELS_SHA256 = "5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f"

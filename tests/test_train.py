@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 
+from helpers import shared_data_dir
+
 import polyvit
 from polyvit import fit, metrics, students
 from polyvit.losses import Loss
@@ -18,14 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
 
 
-def _data_dir():
-    for d in (os.environ.get("POLYVIT_DATA"), os.path.join(HERE, "..", "..", "shared", "data")):
-        if d and os.path.isfile(os.path.join(d, "cifar10-jpeg.tar.gz")):
-            return d
-    return None
-
-
-DATA = _data_dir()
+DATA = shared_data_dir("cifar10-jpeg.tar.gz")
 needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data/cifar10-jpeg.tar.gz (or "
                                 "$POLYVIT_DATA) is absent")
 

@@ -22,6 +22,7 @@
 
 #include "../polyvit.h"
 #include "image.h"
+#include "threads.h"
 #include "rng.h"
 
 #ifdef _OPENMP
@@ -620,30 +621,16 @@ static void apply_one(uint8_t *dst, const uint8_t *src, int op, double mag, cons
     }
 }
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 int pv_aug_apply(uint8_t *out, const uint8_t *in, int B, int H, int W, int C, int op,
                  double magnitude, const uint8_t *fill, int interp) {
-    int nt = max_threads();
+    int nt = pv_max_threads();
     int *xin = malloc(sizeof(int) * (size_t)W * nt);
     if (!xin) return pv_set_error(PV_ERR_NOMEM, "apply_op: out of memory");
     size_t isz = (size_t)H * W * C;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
-        img_ctx c = {H, W, C, interp, fill, xin + (size_t)W * thread_id()};
+        img_ctx c = {H, W, C, interp, fill, xin + (size_t)W * pv_thread_id()};
         apply_one(out + b * isz, in + b * isz, op, magnitude, &c);
     }
     free(xin);
@@ -715,7 +702,7 @@ int pv_aug_rand_augment(uint8_t *out, const uint8_t *in, const uint64_t *seeds, 
                         int interp) {
     double table[PV_OP_COUNT];
     magnitude_table(table, magnitude, bins, H, W);
-    int nt = max_threads();
+    int nt = pv_max_threads();
     size_t isz = (size_t)H * W * C;
     /* per thread: one image of ping-pong space, W ints, the plan */
     size_t per = ((isz + 63) & ~(size_t)63) + sizeof(int) * (size_t)W + 64 +
@@ -725,7 +712,7 @@ int pv_aug_rand_augment(uint8_t *out, const uint8_t *in, const uint64_t *seeds, 
     if (!scratch) return pv_set_error(PV_ERR_NOMEM, "rand_augment: out of memory for %d thread buffers", nt);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
-        char *s = scratch + per * thread_id();
+        char *s = scratch + per * pv_thread_id();
         uint8_t *tmp = (uint8_t *)s;
         int *xin = (int *)(s + ((isz + 63) & ~(size_t)63));
         double *mags = (double *)((char *)xin + ((sizeof(int) * (size_t)W + 63) & ~(size_t)63));

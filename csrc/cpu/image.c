@@ -13,26 +13,13 @@
 
 #include "../polyvit.h"
 #include "image.h"
+#include "threads.h"
 #include "rng.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 /* ---- filters (Resample.c) ---------------------------------------------------------------- */
 static double filter_bilinear(double x) {
@@ -259,7 +246,7 @@ static void resize_one(uint8_t *dst, int oh, int ow, const uint8_t *src, size_t 
 
 int pv_img_resize(uint8_t *out, const uint8_t *in, int B, int H, int W, int C, int oh, int ow,
                   int interp) {
-    int nt = max_threads();
+    int nt = pv_max_threads();
     resize_scratch *s = calloc((size_t)nt, sizeof *s);
     if (!s) return pv_set_error(PV_ERR_NOMEM, "resize: out of memory");
     int fail = 0;
@@ -280,7 +267,7 @@ int pv_img_resize(uint8_t *out, const uint8_t *in, int B, int H, int W, int C, i
         size_t isz = (size_t)H * W * C, osz = (size_t)oh * ow * C;
 #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < B; b++)
-            resize_one(out + b * osz, oh, ow, in + b * isz, (size_t)W * C, H, W, C, interp, &s[thread_id()]);
+            resize_one(out + b * osz, oh, ow, in + b * isz, (size_t)W * C, H, W, C, interp, &s[pv_thread_id()]);
     }
     for (int t = 0; t < nt; t++) free(s[t].block);
     free(s);
@@ -365,7 +352,7 @@ static void rrc_box(int box[4], uint64_t *rng, int H, int W, double smin, double
 int pv_img_random_resized_crop(uint8_t *out, int32_t *boxes, const uint8_t *in,
                                const uint64_t *seeds, int B, int H, int W, int C, int oh, int ow,
                                double smin, double smax, double rmin, double rmax, int interp) {
-    int nt = max_threads();
+    int nt = pv_max_threads();
     resize_scratch *s = calloc((size_t)nt, sizeof *s);
     if (!s) return pv_set_error(PV_ERR_NOMEM, "random_resized_crop: out of memory");
     int fail = 0;
@@ -375,7 +362,7 @@ int pv_img_random_resized_crop(uint8_t *out, int32_t *boxes, const uint8_t *in,
         size_t isz = (size_t)H * W * C, osz = (size_t)oh * ow * C;
 #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < B; b++) {
-            resize_scratch *sc = &s[thread_id()];
+            resize_scratch *sc = &s[pv_thread_id()];
             uint64_t rng = pv_rng_init(seeds[b], PV_RNG_RRC);
             int box[4];
             rrc_box(box, &rng, H, W, smin, smax, rmin, rmax);
