@@ -1,5 +1,7 @@
 """python -m polyvit: the command-line face.
 
+  python -m polyvit demo        V1 collapsing, DirectFit repairing, distillation closing the gap,
+                                on a teacher and real CIFAR-10 images shipped in the package
   python -m polyvit info        how the engine was built (compiler, OpenMP, BLAS, SIMD)
   python -m polyvit train | fit | distill | evaluate | report | experiment
                                 the method's pipeline (see polyvit/cli.py)
@@ -152,6 +154,8 @@ def main(argv=None) -> int:
     c.add_argument("--std", type=float, nargs="+", help="input normalisation std, per channel")
     c.add_argument("--img-size", type=int, help="image size (checked against the weights)")
     c.add_argument("--hf-config", help="a Hugging Face config.json for an hf checkpoint")
+    d = sub.add_parser("demo", help="the method on the teacher and images shipped in the package")
+    d.add_argument("--epochs", type=int, default=8, help="short distillation epochs")
     from . import cli
 
     cli.register(sub)  # train, fit, distill, evaluate, report, experiment
@@ -161,6 +165,10 @@ def main(argv=None) -> int:
         return _info(args)
     if args.cmd == "quickstart":
         return _quickstart(args)
+    if args.cmd == "demo":
+        from . import demo
+
+        return demo.main(args)
     if args.cmd == "convert":
         try:
             return _convert(args)
