@@ -19,12 +19,13 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ._fs import atomic_save
 
 from .progress import Progress
 
@@ -630,32 +631,17 @@ def _cache_read(paths, fingerprint: dict) -> Optional[dict]:
         return None
 
 
-def _atomic_save(path: str, write: Callable) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _cache_write(paths, fingerprint: dict, ds: Dataset, skipped: List[str]) -> None:
     jpath, ipath, lpath = paths
     try:
         os.makedirs(os.path.dirname(jpath), exist_ok=True)
-        _atomic_save(ipath, lambda f: np.save(f, ds.images, allow_pickle=False))
-        _atomic_save(lpath, lambda f: np.save(f, ds.labels, allow_pickle=False))
+        atomic_save(ipath, lambda f: np.save(f, ds.images, allow_pickle=False))
+        atomic_save(lpath, lambda f: np.save(f, ds.labels, allow_pickle=False))
         meta = {"version": _CACHE_VERSION, "fingerprint": fingerprint, "classes": ds.classes,
                 "shape": list(ds.images.shape), "name": ds.name, "source": ds.source, "split": ds.split,
                 "skipped": skipped}
         # the description goes last: it is what makes the pair valid
-        _atomic_save(jpath, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
+        atomic_save(jpath, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
     except OSError as e:
         warnings.warn(f"could not write the decoded cache under {os.path.dirname(jpath)} ({e}); "
                       "the next load will decode again", RuntimeWarning, stacklevel=3)

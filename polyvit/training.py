@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -334,7 +334,9 @@ class Trainer:
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
         """Model, AdamW moments and step, position and history, atomically."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save as serialise
+
+        from ._fs import atomic_save
 
         path = path or self.checkpoint_path
         if not path:
@@ -354,9 +356,8 @@ class Trainer:
         meta = {"format": CKPT_FORMAT, "polyvit_config": m.config.to_json(),
                 "trainer_state": json.dumps(st), "optimizer_step": str(self.optimizer.step_count),
                 "seed": str(self.seed)}
-        tmp = path + ".tmp"
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        blob = serialise(tensors, metadata=meta)
+        atomic_save(path, lambda f: f.write(blob))
 
     def load_checkpoint(self, path: str) -> None:
         from safetensors import safe_open

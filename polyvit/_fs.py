@@ -1,0 +1,23 @@
+"""Atomic file writes: a temporary file in the target's folder, then os.replace, so a failed
+or interrupted write never leaves a truncated file where a good one was."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+
+def atomic_save(path: str, write: Callable) -> None:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, then move it into place."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
