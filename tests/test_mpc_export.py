@@ -5,7 +5,7 @@ import pytest
 import polyvit
 
 pytest.importorskip("jax", reason="JAX is not installed (pip install \"polyvit[mpc]\", Python 3.10-3.11)")
-from polyvit.mpc.export import KINDS, export  # noqa: E402
+from polyvit.mpc.jax_export import KINDS, export  # noqa: E402
 
 CONFIGS = [
     dict(),

@@ -1,0 +1,206 @@
+"""Measure the per-op constants of polyvit's analytic MPC cost model on SPU itself.
+
+    python bench/mpc_constants.py                      # semi2k, aby3, cheetah at 64 bits / 18
+    python bench/mpc_constants.py --protocols semi2k --check-models tiny mini
+
+Each op family of the exported forward (``polyvit.mpc.jax_export``: the same primitive functions) is
+run under SPU at several shapes, with every party profiled, and the bytes one party sends are
+fitted by least squares to the model of ``polyvit/mpc/cost_model.py`` (matmul: ca*|A| + cb*|B| +
+co*|out|; LayerNorm/softmax: ce*elements + cr*rows; activations: ce*elements), plus an intercept
+per family that is kept in the file as a check (it is ~0 where the model is right). Rounds
+(send actions) are constant per op except softmax's comparison tree (r0 + r1*ceil(log2 T)).
+The constants go to ``polyvit/mpc/spu_constants.json`` with the SPU version, the date and the
+machine; ``--check-models`` then runs whole exported ViTs under SPU and prints the model's
+error against SPU's measured totals (the issue's bar: within 5%), also saved in the JSON.
+Needs the mpc extra (``pip install "polyvit[mpc]"``, Python 3.10-3.11).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_name  # noqa: E402
+
+import polyvit  # noqa: E402
+from polyvit.mpc import cost_model  # noqa: E402
+from polyvit.mpc import jax_export as ex  # noqa: E402
+from polyvit.mpc import spu_runtime as sr  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RNG = np.random.default_rng(0)
+
+
+def measure(fn, args, vis, protocol, field, frac_bits):
+    """(bytes one party sends: mean over parties, rounds: SPU's send actions, max over parties)."""
+    _, rep = sr.execute(fn, args, vis, protocol=protocol, field=field, frac_bits=frac_bits)
+    return float(np.mean(rep.send_bytes)), float(rep.rounds)
+
+
+def rand(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def fit(rows, cols, intercept=True):
+    """Least squares of bytes on the given feature columns (+ intercept); returns coefficients,
+    intercept and the worst relative residual."""
+    X = np.array([[r[c] for c in cols] + ([1.0] if intercept else []) for r in rows], float)
+    y = np.array([r["bytes"] for r in rows], float)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    pred = X @ coef
+    worst = float(np.max(np.abs(pred - y) / np.maximum(y, 1.0)))
+    k = list(map(float, coef[:len(cols)]))
+    return k, (float(coef[-1]) if intercept else 0.0), worst
+
+
+def families(protocol, field, frac_bits, log):
+    out = {}
+
+    def run(name, fn, args, vis, **feat):
+        t = time.time()
+        b, r = measure(fn, args, vis, protocol, field, frac_bits)
+        row = dict(bytes=b, rounds=r, **feat)
+        log(f"  {protocol:8s} {name:16s} {str([a.shape for a in args]):44s} {b:12.0f} B "
+            f"{r:5.0f} rounds  ({time.time() - t:.1f} s)")
+        return row
+
+    # matmul, both operands secret (activations x secret weights; q x k; attention x values)
+    rows = []
+    for (m, k, n) in [(16, 32, 24), (64, 32, 24), (16, 128, 24), (16, 32, 96), (48, 64, 48)]:
+        rows.append(run("matmul secret", ex._matmul, [rand(m, k), rand(k, n)], ["secret"] * 2,
+                        a=m * k, b=k * n, out=m * n))
+    bb, hh = 3, 4   # batched, as the attention products are
+    rows.append(run("matmul batched", ex._matmul, [rand(bb, hh, 16, 8), rand(bb, hh, 8, 16)],
+                    ["secret"] * 2, a=bb * hh * 128, b=bb * hh * 128, out=bb * hh * 256))
+    k3, c0, worst = fit(rows, ["a", "b", "out"])
+    out["matmul_secret"] = dict(bytes=k3, intercept=c0, worst_fit=worst,
+                                rounds=float(np.median([r["rounds"] for r in rows])), samples=rows)
+    # matmul with public weights: only the truncation of the product
+    rows = [run("matmul public", ex._linear, [rand(m, k), rand(k, n), rand(n)],
+                ["secret", "public", "public"], out=m * n)
+            for (m, k, n) in [(16, 32, 24), (64, 32, 96), (16, 128, 48)]]
+    k1, c0, worst = fit(rows, ["out"])
+    out["matmul_public"] = dict(bytes=k1, intercept=c0, worst_fit=worst,
+                                rounds=float(np.median([r["rounds"] for r in rows])), samples=rows)
+    # LayerNorm without affine (folded into the next linear layer)
+    rows = [run("layernorm", lambda x: ex._normalize(x, 1e-6), [rand(r_, d) * 3 + 1], ["secret"],
+                elements=r_ * d, rows=r_)
+            for (r_, d) in [(16, 32), (64, 32), (16, 128), (40, 96)]]
+    k2, c0, worst = fit(rows, ["elements", "rows"])
+    out["layernorm"] = dict(bytes=k2, intercept=c0, worst_fit=worst,
+                            rounds=float(np.median([r["rounds"] for r in rows])), samples=rows)
+    # softmax over the last axis
+    rows = [run("softmax", ex._softmax, [rand(r_, t, scale=3.0)], ["secret"],
+                elements=r_ * t, rows=r_, log2t=math.ceil(math.log2(t)))
+            for (r_, t) in [(16, 16), (64, 16), (16, 65), (8, 197), (32, 50)]]
+    k2, c0, worst = fit(rows, ["elements", "rows"])
+    R = np.array([[1.0, r["log2t"]] for r in rows])
+    rr, *_ = np.linalg.lstsq(R, np.array([r["rounds"] for r in rows]), rcond=None)
+    out["softmax"] = dict(bytes=k2, intercept=c0, worst_fit=worst,
+                          rounds=[float(rr[0]), float(rr[1])], samples=rows)
+    # activations, per element
+    acts = {
+        "gelu-erf": (ex._gelu_erf, lambda n: [rand(n, scale=2.0)], ["secret"]),
+        "gelu-tanh": (ex._gelu_tanh, lambda n: [rand(n, scale=2.0)], ["secret"]),
+        "poly_public": (ex._poly_horner, lambda n: [rand(n, scale=2.0), rand(1), rand(1), rand(1)],
+                        ["secret", "public", "public", "public"]),
+        "poly_secret": (ex._poly_horner, lambda n: [rand(n, scale=2.0), rand(1), rand(1), rand(1)],
+                        ["secret"] * 4),
+    }
+    for name, (fn, mk, vis) in acts.items():
+        rows = [run(name, fn, mk(n), vis, elements=n) for n in (256, 1024, 4096)]
+        k1, c0, worst = fit(rows, ["elements"])
+        out[name] = dict(bytes=k1, intercept=c0, worst_fit=worst,
+                         rounds=float(np.median([r["rounds"] for r in rows])), samples=rows)
+    return out
+
+
+MODELS = {
+    # name: (preset overrides, poly blocks)
+    "tiny": dict(embed_dim=32, depth=2, num_heads=2, img_size=16),
+    "mini": dict(depth=2),
+}
+
+
+def check_models(names, protocol, field, frac_bits, constants_path, log):
+    res = []
+    for name in names:
+        over = MODELS[name]
+        base = polyvit.ViT.preset("vit_mini_patch4_32", seed=0, max_batch=2, **over)
+        d = base.config.depth
+        for label, blocks in (("GELU", []), (f"Hybrid-{d // 2}", list(range(d // 2))),
+                              ("Full", list(range(d)))):
+            m = base.copy()
+            if blocks:
+                m.set_activation(blocks, "poly")
+            e = ex.export(m)
+            c = m.config
+            x = rand(1, c.in_chans, c.img_size, c.img_size)
+            params = list(e.params.values())
+            keys = list(e.params)
+            for weights in ("secret", "public"):
+                t = time.time()
+                b, r = measure(lambda x, *p: e.fn(dict(zip(keys, p)), x), [x] + params,
+                               ["secret"] + [weights] * len(params), protocol, field, frac_bits)
+                est = cost_model.cost(m, protocol=protocol, weights=weights, field=field,
+                                      frac_bits=frac_bits, constants_path=constants_path)
+                err = (est.total_bytes - b) / b
+                res.append(dict(model=name, config=label, weights=weights, measured_bytes=b,
+                                measured_rounds=r, model_bytes=est.total_bytes,
+                                model_rounds=est.total_rounds, bytes_error=err,
+                                seconds=time.time() - t))
+                log(f"  {protocol:8s} {name:5s} {label:9s} weights {weights:6s}: SPU {b / 1e6:9.3f} MB "
+                    f"{r:6.0f} rounds; model {est.total_bytes / 1e6:9.3f} MB {est.total_rounds:6.0f} "
+                    f"rounds; bytes error {100 * err:+.2f}%")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocols", nargs="+", default=list(sr.PROTOCOLS))
+    ap.add_argument("--field", type=int, default=64)
+    ap.add_argument("--frac-bits", type=int, default=18)
+    ap.add_argument("--check-models", nargs="*", default=["tiny", "mini"], choices=list(MODELS))
+    ap.add_argument("--out", default=cost_model.CONSTANTS_PATH)
+    a = ap.parse_args()
+
+    def log(s):
+        print(s, flush=True)
+
+    import spu
+
+    table = dict(spu_version=spu.__version__, date=datetime.date.today().isoformat(),
+                 machine=f"{cpu_name()}, {os.cpu_count()} cores", python=platform.python_version(), field=a.field,
+                 frac_bits=a.frac_bits, command="python bench/mpc_constants.py " + " ".join(sys.argv[1:]),
+                 bytes="one party's send bytes (mean over parties)",
+                 rounds="SPU send actions per party (max over parties)", protocols={})
+    if os.path.exists(a.out):
+        with open(a.out) as f:
+            old = json.load(f)
+        if old.get("field") == a.field and old.get("frac_bits") == a.frac_bits:
+            table["protocols"] = old.get("protocols", {})
+    for p in a.protocols:
+        t = time.time()
+        table["protocols"][p] = families(p, a.field, a.frac_bits, log)
+        log(f"{p}: families measured in {time.time() - t:.0f} s")
+        with open(a.out, "w") as f:
+            json.dump(table, f, indent=1)
+        cost_model._CACHE.clear()
+        if a.check_models:
+            table["protocols"][p]["check"] = check_models(a.check_models, p, a.field, a.frac_bits,
+                                                          a.out, log)
+            with open(a.out, "w") as f:
+                json.dump(table, f, indent=1)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The analytic MPC cost model: SPU's costs for any ViT in milliseconds, no SPU needed.
+
+``cost(model, protocol="semi2k")`` walks the same operations as the exported forward
+(``polyvit.mpc.jax_export``: patch embedding, per block LayerNorm, qkv, scores, softmax, attention x
+values, projection, LayerNorm, fc1, activation, fc2; the head) and prices each one with per-op
+constants that ``bench/mpc_constants.py`` measured on SPU itself and committed, with the SPU
+version and the date, in ``polyvit/mpc/spu_constants.json``:
+
+- a matrix product of two secrets (activations x secret weights, q x k, attention x v):
+  ``bytes = ca*|A| + cb*|B| + co*|out|`` (Beaver: both operands are opened, the product
+  truncated); with public weights only the truncation, ``co*|out|``;
+- LayerNorm and softmax: ``bytes = ce*elements + cr*rows``; softmax rounds grow with
+  ``ceil(log2(row length))`` (the max is a comparison tree);
+- activations (erf GELU, tanh GELU, the quadratic with public or secret coefficients):
+  ``ce*elements``;
+- additions (biases, residuals) and reshapes are local: free.
+
+Bytes are what one party sends (the mean over the parties); rounds are SPU's send actions per
+party, summed over the ops (the forward is a chain). ``verify`` in the bench compares the model
+with SPU's measured totals on whole models.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["cost", "op_shapes", "constants", "CostEstimate", "PROTOCOLS"]
+
+CONSTANTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spu_constants.json")
+PROTOCOLS = ("semi2k", "aby3", "cheetah")
+KINDS = ("matmul", "softmax", "layernorm", "activation")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpShape:
+    """One op of the forward: name, kind, block (None outside blocks), the family whose constants
+    price it, and the element counts that enter the price."""
+
+    name: str
+    kind: str
+    block: Optional[int]
+    family: str                 # matmul | layernorm | softmax | gelu-erf | gelu-tanh | poly
+    a: int = 0                  # matmul: |A|; others: elements
+    b: int = 0                  # matmul: |B|; layernorm/softmax: rows
+    out: int = 0                # matmul: |out|; softmax: row length
+    b_is_param: bool = False    # matmul: B is a weight; poly: the coefficients are parameters
+
+
+def op_shapes(config, batch: int = 1) -> List[OpShape]:
+    """The exported forward's operations for ``batch`` images, from the config alone (mirrors
+    ``polyvit.mpc.jax_export``; a test checks the two agree)."""
+    c = config
+    B, D, nh = batch, c.embed_dim, c.num_heads
+    T, N, Hm, hd = c.seq_len, c.seq_len - 1, c.mlp_hidden, c.embed_dim // c.num_heads
+    kpp = c.in_chans * c.patch_size ** 2
+    ops: List[OpShape] = []
+
+    def mm(name, block, rows, k, n, param=True, batch_heads=1):
+        ops.append(OpShape(name, "matmul", block, "matmul", batch_heads * rows * k,
+                           (1 if param else batch_heads) * k * n, batch_heads * rows * n, param))
+
+    def ln(name, block, rows):
+        ops.append(OpShape(name, "layernorm", block, "layernorm", rows * D, rows, D))
+
+    mm("patch_embed", None, B * N, kpp, D)
+    for i in range(c.depth):
+        p = f"blocks.{i}."
+        ln(p + "norm1", i, B * T)
+        mm(p + "attn.qkv", i, B * T, D, 3 * D)
+        mm(p + "attn.scores", i, T, hd, T, param=False, batch_heads=B * nh)
+        ops.append(OpShape(p + "attn.softmax", "softmax", i, "softmax", B * nh * T * T, B * nh * T, T))
+        mm(p + "attn.av", i, T, T, hd, param=False, batch_heads=B * nh)
+        mm(p + "attn.proj", i, B * T, D, D)
+        ln(p + "norm2", i, B * T)
+        mm(p + "mlp.fc1", i, B * T, D, Hm)
+        if c.act[i] == "poly":
+            ops.append(OpShape(p + "mlp.act", "activation", i, "poly", B * T * Hm, b_is_param=True))
+        else:
+            fam = "gelu-tanh" if c.gelu == "tanh" else "gelu-erf"
+            ops.append(OpShape(p + "mlp.act", "activation", i, fam, B * T * Hm))
+        mm(p + "mlp.fc2", i, B * T, Hm, D)
+    if c.final_norm:
+        ln("norm", None, B if c.global_pool == "token" else B * T)
+    if c.fc_norm:
+        ln("fc_norm", None, B)
+    mm("head", None, B, D, c.num_classes)
+    return ops
+
+
+_CACHE: Dict[str, Any] = {}
+
+
+def constants(path: Optional[str] = None) -> Dict[str, Any]:
+    """The committed per-op constants (see ``bench/mpc_constants.py``)."""
+    path = path or CONSTANTS_PATH
+    if path not in _CACHE:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no SPU cost constants at {path}: run "
+                                    "`python bench/mpc_constants.py` (needs the mpc extra)")
+        with open(path) as f:
+            _CACHE[path] = json.load(f)
+    return _CACHE[path]
+
+
+def _price(op: OpShape, k: Dict[str, Any], weights: str) -> Tuple[float, float]:
+    if op.family == "matmul":
+        if op.b_is_param and weights == "public":
+            f = k["matmul_public"]
+            return f["bytes"][0] * op.out, f["rounds"]
+        f = k["matmul_secret"]
+        ca, cb, co = f["bytes"]
+        return ca * op.a + cb * op.b + co * op.out, f["rounds"]
+    if op.family in ("layernorm", "softmax"):
+        f = k[op.family]
+        ce, cr = f["bytes"]
+        rounds = f["rounds"]
+        if isinstance(rounds, list):        # [r0, r per ceil(log2(row length))]
+            rounds = rounds[0] + rounds[1] * math.ceil(math.log2(max(op.out, 2)))
+        return ce * op.a + cr * op.b, rounds
+    fam = op.family
+    if fam == "poly":
+        fam = "poly_public" if weights == "public" else "poly_secret"
+    f = k[fam]
+    return f["bytes"][0] * op.a, f["rounds"]
+
+
+@dataclasses.dataclass
+class CostEstimate:
+    protocol: str
+    batch: int
+    weights: str
+    ops: List[Dict[str, Any]]
+    total_bytes: float
+    total_rounds: float
+    by_kind: Dict[str, float]
+    by_block: Dict[str, Dict[str, float]]
+    source: str
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.total_bytes / self.batch
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["bytes_per_image"] = self.bytes_per_image
+        return d
+
+
+def _check(protocol: str, field: int, frac_bits: int, weights: str, batch: int,
+           table: Dict[str, Any]) -> Dict[str, Any]:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if weights not in ("secret", "public"):
+        raise ValueError(f"weights must be 'secret' or 'public', got {weights!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if field != table["field"] or frac_bits != table["frac_bits"]:
+        raise ValueError(f"the committed constants were measured at field={table['field']}, "
+                         f"frac_bits={table['frac_bits']}; measure others with "
+                         f"`python bench/mpc_constants.py --field {field} --frac-bits {frac_bits}`")
+    if protocol not in table["protocols"]:
+        raise ValueError(f"no constants measured for {protocol!r} (have "
+                         f"{', '.join(sorted(table['protocols']))})")
+    return table["protocols"][protocol]
+
+
+def cost(model_or_config: Any, protocol: str = "semi2k", batch: int = 1,
+         weights: str = "secret", field: int = 64, frac_bits: int = 18,
+         constants_path: Optional[str] = None) -> CostEstimate:
+    """Estimated bytes (per party) and rounds of one secure forward pass over ``batch`` images,
+    per op, per op kind and per block, from constants measured on SPU."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    table = constants(constants_path)
+    k = _check(protocol, field, frac_bits, weights, batch, table)
+    rows, by_kind = [], {kind: 0.0 for kind in KINDS}
+    by_block: Dict[str, Dict[str, float]] = {}
+    tb = tr = 0.0
+    for op in op_shapes(cfg, batch):
+        b, r = _price(op, k, weights)
+        rows.append(dict(name=op.name, kind=op.kind, block=op.block, family=op.family,
+                         bytes=b, rounds=r))
+        tb += b
+        tr += r
+        by_kind[op.kind] += b
+        key = "embed+head" if op.block is None else str(op.block)
+        blk = by_block.setdefault(key, {kind: 0.0 for kind in KINDS})
+        blk[op.kind] += b
+    return CostEstimate(protocol=protocol, batch=batch, weights=weights, ops=rows,
+                        total_bytes=tb, total_rounds=tr, by_kind=by_kind, by_block=by_block,
+                        source=f"SPU {table['spu_version']} constants measured {table['date']} "
+                               f"on {table['machine']} ({os.path.basename(CONSTANTS_PATH)})")
