@@ -24,7 +24,8 @@ def openblas_dirs():
 
 def cpu_extension():
     inc, lib = openblas_dirs()
-    sources = ["csrc/module.c", "csrc/module_data.c", "csrc/module_mix.c"] + sorted(glob.glob("csrc/cpu/*.c"))
+    sources = ["csrc/module.c", "csrc/module_data.c", "csrc/module_mix.c",
+               "csrc/module_fixed.c"] + sorted(glob.glob("csrc/cpu/*.c"))
     cflags = ["-std=c11", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fno-math-errno"]
     ldflags = ["-fopenmp"]
     march = os.environ.get("POLYVIT_MARCH", "native")

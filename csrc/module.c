@@ -543,6 +543,7 @@ static PyMethodDef module_methods[] = {
 
 extern PyMethodDef pv_data_methods[]; /* module_data.c: image and augmentation ops */
 extern PyMethodDef pv_mix_methods[];  /* module_mix.c: Mixup and CutMix */
+extern PyMethodDef pv_fixed_methods[]; /* module_fixed.c: MPC fixed-point ring kernels */
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "polyvit._C", "polyvit's CPU engine", -1,
                                     module_methods};
@@ -562,6 +563,7 @@ PyMODINIT_FUNC PyInit__C(void) {
         Py_DECREF(m);
         return NULL;
     }
+    if (PyModule_AddFunctions(m, pv_fixed_methods) < 0) { Py_DECREF(m); return NULL; }
     /* OpenBLAS single-threaded from the start: our OpenMP regions partition the GEMMs */
     pv_set_num_threads(pv_get_num_threads());
     return m;
