@@ -36,15 +36,16 @@ SPU_SEMI2K = Profile(
     name="spu-semi2k",
     description=(
         "SecretFlow SPU 0.9.5, SEMI2K (2 parties), 64-bit ring, 18 fractional bits; bytes and "
-        "rounds per element measured on SPU itself (issue 10's table): GELU = "
-        "jax.nn.gelu(approximate=False) 1951 B / 181 rounds; the quadratic in Horner form "
-        "x*(a*x + b) + c with public a, b, c: 24 B / 3 rounds (one secret multiplication); "
-        "softmax over the last axis 697 B / 119 rounds per element. Comparison counts follow "
-        "the convention of comparison-based GELU protocols: a 4-segment piecewise polynomial "
-        "GELU needs 3 secure comparisons per element; softmax needs T-1 comparisons per row "
-        "for the max. SEMI2K's default Beaver source is a trusted first party (debugging "
-        "only, per SPU)."),
-    gelu_comparisons=3.0, gelu_bytes=1951.0, gelu_rounds=181.0,
+        "rounds per element as SPU counts them for what polyvit.mpc.export runs (the "
+        "constants in polyvit/mpc/spu_constants.json): GELU in the erf form "
+        "0.5*x*(1 + erf(x/sqrt(2))) 749 B / 64 rounds, with 3 comparison (msb) kernels per "
+        "element (jax.nn.gelu(approximate=False) would be 1951 B / 181 rounds); the quadratic "
+        "in Horner form x*(a*x + b) + c with public a, b, c: 24 B / 3 rounds (one secret "
+        "multiplication, no comparison); softmax over the last axis 697 B / 119 rounds per "
+        "element at 65 tokens, T-1 comparisons per row for the max. For whole-model bytes per "
+        "op, block and kind use polyvit.mpc.cost (or polyvit.mpc.run for SPU itself). "
+        "SEMI2K's default Beaver source is a trusted first party (debugging only, per SPU)."),
+    gelu_comparisons=3.0, gelu_bytes=749.0, gelu_rounds=64.0,
     poly_mults=1.0, poly_bytes=24.0, poly_rounds=3.0,
     softmax_bytes=697.0, softmax_rounds=119.0,
 )

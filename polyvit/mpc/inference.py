@@ -97,7 +97,7 @@ def _range_check(model, images, field, frac_bits):
         warnings.simplefilter("ignore", fixedpoint.FixedPointOverflowWarning)
         rep = fixedpoint.evaluate(model, images, frac_bits=frac_bits, progress=False)
     if rep.exceeded:
-        where = "; ".join(f"block {b} {t}: max |x| {v:.4g}" for b, t, v in rep.overflows[:6])
+        where = "; ".join(f"block {b} {t}: max |x| {v:.4g}" for b, t, v in rep.overflows()[:6])
         raise ValueError(
             f"the model's activations on these images exceed the safe range of a 64-bit ring at "
             f"{frac_bits} fractional bits (|x| < {fixedpoint.safe_bound(frac_bits):.0f}): {where}. "
