@@ -83,7 +83,7 @@ def r_gelu(x, f, tanh_form=False):
 
 
 def r_poly(x, a, b, c, s, f):
-    A, B, C = (r_enc(np.float64(s) * np.float64(k), f) for k in (a, b, c))
+    A, B, C = (r_enc(np.asarray(s, np.float64) * np.asarray(k, np.float64), f) for k in (a, b, c))
     return r_add(r_mul(r_add(r_mul(A, x, f), B), x, f), C)
 
 

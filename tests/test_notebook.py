@@ -13,8 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 
 
-def test_quickstart_notebook_executes(monkeypatch):
+def test_quickstart_notebook_executes(monkeypatch, tmp_path):
     monkeypatch.setenv("POLYVIT_NB_EPOCHS", "2")   # the same cells, a shorter distillation
+    monkeypatch.setenv("TMPDIR", str(tmp_path))    # the notebook's scratch folder goes here
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
