@@ -55,7 +55,7 @@ def test_run_agrees_with_plaintext_and_counts_costs():
     assert r.estimate["total_bytes"] == pytest.approx(r.bytes_per_image * 2, rel=0.05)
     assert any("TrustedFirstParty" in n for n in r.notes)
     d = r.to_dict()
-    assert d["agreement"] == 1.0 and "logits" not in d
+    assert d["agreement"] == 1.0 and "logits" not in d and d["disagreements"] == []
 
 
 def test_full_has_no_activation_comparisons_and_hybrid_removes_its_share():

@@ -63,7 +63,15 @@ class SPURun:
     def to_dict(self, include_logits: bool = False) -> Dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items()
              if k not in ("logits", "plain_logits", "labels")}
+        pl = self.plain_logits
+        top2 = np.sort(pl, axis=1)[:, -2:]
+        differ = np.nonzero(self.predictions != pl.argmax(1))[0]
         d.update(agreement=self.agreement, top1=self.top1,
+                 # where SPU and plaintext disagree: how close the plaintext call was
+                 disagreements=[dict(index=int(i), spu=int(self.predictions[i]),
+                                     plain=int(pl[i].argmax()),
+                                     plain_margin=float(top2[i, 1] - top2[i, 0]))
+                                for i in differ],
                  plain_top1=None if self.labels is None else
                  float(np.mean(self.plain_logits.argmax(1) == self.labels)),
                  max_logit_error=float(np.abs(self.logits - self.plain_logits).max()))
