@@ -121,3 +121,16 @@ def test_out_of_range_activations_are_refused_before_spu_runs():
     m.set_activation([1], "poly", coeffs=(1e6, 0.0, 0.0))   # 1e6 * x^2 leaves the ring's range
     with pytest.raises(ValueError, match="safe range"):
         mpc.run(m, _images(1), progress=False)
+
+
+def test_cheetah_and_the_128_bit_ring_run():
+    m = _tiny(poly=[0, 1])
+    x = _images(1)
+    r = mpc.run(m, x, protocol="cheetah", per_op=False, progress=False)
+    assert r.agreement == 1.0 and r.bytes_per_image > 0
+    assert "step functions" in r.estimate["unavailable"]     # no analytic model for CHEETAH
+    assert any("dealer-free" in n for n in r.notes)
+    r = mpc.run(m, x, field=128, frac_bits=30, per_op=False, progress=False)
+    assert r.agreement == 1.0
+    assert np.abs(r.logits - m.forward(x)).max() < 1e-3
+    assert "field=64" in r.estimate["unavailable"]           # constants measured at 64 bits
