@@ -194,7 +194,8 @@ def cmd_experiment(args) -> int:
     rows = experiment.run(teacher, train, test, args.configs, epochs=args.epochs, lr=args.lr,
                           coeff_lr=args.coeff_lr, batch_size=args.batch_size, out=args.out,
                           seed=args.seed, methods=args.methods, command=cmd,
-                          magnitude=None if args.magnitude < 0 else args.magnitude)
+                          magnitude=None if args.magnitude < 0 else args.magnitude,
+                          redo=args.redo)
     print(experiment.table(rows))
     return 0
 
@@ -278,4 +279,7 @@ def register(sub) -> None:
     p.add_argument("--magnitude", type=int, default=9)
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--redo", action="store_true",
+                   help="recompute rows whose JSON is already in --out (default: keep them, and "
+                        "resume an interrupted distillation from its checkpoint)")
     p.set_defaults(func=cmd_experiment)

@@ -69,11 +69,16 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         lr: float = 5e-4, coeff_lr: float = 5e-3, batch_size: int = 64,
         calibration: int = 512, eval_size: Optional[int] = None, methods: Sequence[str] = METHODS,
         out: Optional[str] = None, seed: int = 0, magnitude: Optional[int] = 9,
-        command: str = "", progress: bool = True) -> List[Dict[str, Any]]:
+        command: str = "", progress: bool = True, redo: bool = False) -> List[Dict[str, Any]]:
     """Run the methods for each configuration; returns the rows (also written under ``out``).
 
     V3 and final share epochs, learning rate and augmentation (RandAugment + Mixup/CutMix),
     as the seed compares them; they start from the V2 (DirectFit + Scale Fix) student.
+
+    With ``out``, the experiment can be stopped and run again with the same arguments: rows
+    whose JSON is already under ``out`` are kept (``redo=True`` recomputes them), and an
+    interrupted distillation resumes from its checkpoint in ``out/runs/``; a resumed row's wall
+    time is the sum over its sessions (the epochs' logged seconds plus the fit).
     """
     for mth in methods:
         if mth not in METHODS:
@@ -93,6 +98,13 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         blocks = parse_config(name, depth)
         label = config_label(name, depth)
         for mth in methods:
+            done = os.path.join(out, f"{label}-{mth}.json") if out else None
+            if done and not redo and os.path.exists(done):
+                with open(done) as f:
+                    rows.append(json.load(f))
+                if progress:
+                    print(f"{label} {mth}: kept from {done}", file=sys.stderr, flush=True)
+                continue
             t = time.time()
             s = make_student(teacher, blocks, max_batch=max(batch_size, 64))
             extra: Dict[str, Any] = {}
@@ -113,9 +125,16 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                               trainable_coeffs=(mth == "final"), coeff_lr=coeff_lr,
                               batch_size=batch_size, seed=seed, workdir=wd, progress=progress,
                               eval_size=min(2000, len(test)))
+                fit_seconds = time.time() - t
                 extra["history"] = d.run()
+                ep = [rec for rec in _read_jsonl(d.log_path) if rec.get("type") == "epoch"] \
+                    if d.log_path else []
+                seconds = fit_seconds + sum(rec.get("seconds", 0.0) for rec in ep) if ep \
+                    else time.time() - t
+            else:
+                seconds = time.time() - t
             r = evaluate(s, teacher, (test.images, test.labels))
-            row = _row(f"{label} {mth}", mth, s, r, time.time() - t, command, extra)
+            row = _row(f"{label} {mth}", mth, s, r, seconds, command, extra)
             row["config"] = label
             rows.append(row)
             if progress:
@@ -142,6 +161,13 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(table(rows) + "\n")
     return rows
+
+
+def _read_jsonl(path: str) -> List[Dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _try_plot_fits(student, teacher, images, blocks, path, title) -> None:

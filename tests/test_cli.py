@@ -60,6 +60,23 @@ def test_pipeline(folder, tmp_path, capsys, monkeypatch):
     assert rows["method"] == "V2" and rows["gelu_comparison_pct"] == 0.0
     assert "python -m polyvit experiment" in rows["command"]
     assert "| Hybrid-1 V1 |" in open(os.path.join(out, "table.md")).read()
+    # stopped and run again: finished rows are kept, a distillation resumes from its checkpoint
+    capsys.readouterr()
+    exp = ["experiment", "--data", folder, "--teacher", teacher, "--configs", "full",
+           "--methods", "V2", "final", "--epochs", "1", "--batch-size", "16", "--out", out]
+    assert main(exp) == 0
+    first = json.load(open(os.path.join(out, "Full-2-final.json")))
+    logged = [json.loads(l) for l in open(os.path.join(out, "runs", "Full-2-final", "log.jsonl"))]
+    epoch_s = sum(r["seconds"] for r in logged if r.get("type") == "epoch")
+    assert first["seconds"] >= epoch_s > 0
+    os.remove(os.path.join(out, "Full-2-final.json"))   # as if stopped before the row was written
+    capsys.readouterr()
+    assert main(exp) == 0
+    err = capsys.readouterr().err
+    assert "Full-2 V2: kept from" in err
+    again = json.load(open(os.path.join(out, "Full-2-final.json")))
+    assert again["fidelity"] == first["fidelity"]        # the checkpoint's student, not a new run
+    assert again["seconds"] >= epoch_s
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):
