@@ -8,13 +8,14 @@
 #include <numpy/arrayobject.h>
 
 #include "polyvit.h"
+#include "bindings.h"
 #include "cpu/blas.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static PyObject *raise_engine(int code) {
+PyObject *pv_raise(int code) {
     PyObject *exc = code == PV_ERR_NOMEM   ? PyExc_MemoryError
                     : code == PV_ERR_VALUE ? PyExc_ValueError
                                            : PyExc_RuntimeError;
@@ -148,7 +149,7 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kw) {
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = pv_model_create(&m, &c, max_batch);
     Py_END_ALLOW_THREADS if (rc) {
-        raise_engine(rc);
+        pv_raise(rc);
         return -1;
     }
     pv_model_free(self->m);
@@ -230,7 +231,7 @@ static PyObject *Engine_forward(Engine *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS rc = pv_model_forward(m, (const float *)PyArray_DATA(x), B);
     Py_END_ALLOW_THREADS self->busy = 0;
     Py_DECREF(x);
-    if (rc) return raise_engine(rc);
+    if (rc) return pv_raise(rc);
     npy_intp od[2] = {B, m->K};
     PyObject *out = PyArray_SimpleNew(2, od, NPY_FLOAT32);
     if (!out) return NULL;
@@ -277,7 +278,7 @@ static PyObject *Engine_backward(Engine *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS rc = pv_model_backward(m, (const float *)PyArray_DATA(g), B);
     Py_END_ALLOW_THREADS self->busy = 0;
     Py_DECREF(g);
-    if (rc) return raise_engine(rc);
+    if (rc) return pv_raise(rc);
     Py_RETURN_NONE;
 }
 

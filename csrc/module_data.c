@@ -15,18 +15,11 @@
 #include <math.h>
 
 #include "polyvit.h"
+#include "bindings.h"
 #include "cpu/image.h"
 
 /* largest side accepted, in pixels (keeps every per-image index within int) */
 #define PV_IMG_MAX_SIDE 32768
-
-static PyObject *raise_status(int code) {
-    PyErr_SetString(code == PV_ERR_NOMEM ? PyExc_MemoryError
-                    : code == PV_ERR_VALUE ? PyExc_ValueError
-                                           : PyExc_RuntimeError,
-                    pv_last_error());
-    return NULL;
-}
 
 /* a uint8 (B, H, W, C) C-contiguous batch with C in {1, 3} and B, H, W >= 1 */
 static PyArrayObject *get_images(PyObject *obj, int dims[4]) {
@@ -133,7 +126,7 @@ static PyObject *py_resize(PyObject *m, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS rc = pv_img_resize(PyArray_DATA(out), PyArray_DATA(im), d[0], d[1], d[2], d[3], oh, ow, interp);
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return (PyObject *)out;
 }
@@ -199,7 +192,7 @@ static PyObject *py_random_resized_crop(PyObject *m, PyObject *args) {
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
         Py_DECREF(boxes);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return Py_BuildValue("(NN)", out, boxes);
 }
@@ -267,7 +260,7 @@ static PyObject *py_apply_op(PyObject *m, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS rc = pv_aug_apply(PyArray_DATA(out), PyArray_DATA(im), d[0], d[1], d[2], d[3], op, mag, fill, interp);
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return (PyObject *)out;
 }
@@ -306,7 +299,7 @@ static PyObject *py_rand_augment(PyObject *m, PyObject *args) {
                                                     num_ops, magnitude, bins, fill, interp);
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return (PyObject *)out;
 }

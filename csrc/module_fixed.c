@@ -18,15 +18,8 @@
 #include <string.h>
 
 #include "polyvit.h"
+#include "bindings.h"
 #include "cpu/fixedpoint.h"
-
-static PyObject *raise_status(int code) {
-    PyErr_SetString(code == PV_ERR_NOMEM   ? PyExc_MemoryError
-                    : code == PV_ERR_VALUE ? PyExc_ValueError
-                                           : PyExc_RuntimeError,
-                    pv_last_error());
-    return NULL;
-}
 
 /* f: the number of fractional bits, 0..62 (a product needs 2f < 64 bits of fraction room) */
 static int check_f(int f) {
@@ -127,7 +120,7 @@ static PyObject *py_encode(PyObject *mod, PyObject *args, PyObject *kw) {
                                                     : pv_fx_encode_f32(o, (const float *)xp, n, f);
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return out;
 }
@@ -244,7 +237,7 @@ static PyObject *py_matmul(PyObject *mod, PyObject *args, PyObject *kw) {
                                              (int)N, tb, f, kernel);
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return out;
 }
@@ -415,7 +408,7 @@ static PyObject *py_poly(PyObject *mod, PyObject *args, PyObject *kw) {
                 folded[0] = s[ss ? j : 0] * v[vs ? j : 0];
                 int rc = pv_fx_encode_f64(e + (size_t)k * width + j, folded, 1, f);
                 if (rc) {
-                    raise_status(rc);
+                    pv_raise(rc);
                     goto fail;
                 }
             }
@@ -473,7 +466,7 @@ static PyObject *py_attention(PyObject *mod, PyObject *args, PyObject *kw) {
     }
     int64_t scale;
     int rc = pv_fx_encode_f64(&scale, &sc, 1, f);
-    if (rc) return raise_status(rc);
+    if (rc) return pv_raise(rc);
     npy_intp od[3] = {B, T, C};
     PyObject *out = PyArray_SimpleNew(3, od, NPY_INT64);
     if (!out) return NULL;
@@ -483,7 +476,7 @@ static PyObject *py_attention(PyObject *mod, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS rc = pv_fx_attention(o, st, qp, (int)B, (int)T, C, NH, scale, f);
     Py_END_ALLOW_THREADS if (rc) {
         Py_DECREF(out);
-        return raise_status(rc);
+        return pv_raise(rc);
     }
     return Py_BuildValue("N{sdsdsdsd}", out, "scores_in", st[0], "softmax_in", st[1], "v", st[2],
                          "out", st[3]);
