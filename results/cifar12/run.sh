@@ -1,0 +1,14 @@
+#!/bin/bash
+# The seed's experiment on polyvit's own 12-block CIFAR-10 teacher (issue 11): V1, V2, V3 and
+# final for Hybrid-6 and Full-12, V3 and final with the same 10 epochs and augmentation.
+# Run it once results/teacher-cifar12/ holds the finished teacher (model.safetensors, >= 80%).
+# Stopped and started again, it keeps finished rows and resumes a distillation from its
+# checkpoint in results/cifar12/runs/, so it goes on session after session.
+cd "$(dirname "$0")/../.." || exit 1
+teacher=results/teacher-cifar12/model.safetensors
+if [ ! -f "$teacher" ]; then
+  echo "no $teacher yet: finish the teacher first (bash results/teacher-cifar12/run.sh)" >&2
+  exit 2
+fi
+exec python -m polyvit experiment --teacher "$teacher" --configs hybrid-6 full \
+  --epochs 10 --batch-size 128 --out results/cifar12
