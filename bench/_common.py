@@ -27,3 +27,33 @@ def best_time(fn, repeats: int, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def load_cifar_model(name: str, max_batch: int = 256):
+    """A CIFAR-10 teacher with its data: (teacher, 512 calibration images, test images, test
+    labels, the k of its Hybrid-k). ``name``: "demo" (the teacher and images shipped in the
+    package: its calibration half and the shared test set) or "volterra" (the third-party
+    volterra-vit128 in ../shared/data or $POLYVIT_DATA)."""
+    import os
+    import sys
+
+    import numpy as np
+
+    import polyvit
+    from polyvit import datasets
+
+    test = datasets.load_cifar10_jpeg("test")
+    if name == "demo":
+        from polyvit.demo import load_assets
+
+        t, train, _, _ = load_assets(max_batch=max_batch)
+        return t, train[0], test.images, np.asarray(test.labels), 3
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = os.environ.get("POLYVIT_DATA") or os.path.join(root, "..", "shared", "data")
+    path = os.path.join(data, "volterra-vit128.safetensors")
+    if not os.path.exists(path):
+        sys.exit(f"{path} not found (set POLYVIT_DATA)")
+    t = polyvit.import_weights(path, max_batch=max_batch)
+    tr = datasets.load_cifar10_jpeg("train")
+    cal = tr.images[np.random.default_rng(0).choice(len(tr), 512, replace=False)]
+    return t, cal, test.images, np.asarray(test.labels), 2

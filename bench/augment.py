@@ -30,12 +30,10 @@ import datetime
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 
 # NumPy's own OpenBLAS would otherwise keep two spinning threads beside the ones measured
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -15,10 +15,8 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 
 import numpy as np
 

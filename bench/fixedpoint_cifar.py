@@ -17,33 +17,15 @@ import sys
 import time
 import warnings
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name  # noqa: E402
+from _common import cpu_name, load_cifar_model  # noqa: E402
 
 import polyvit  # noqa: E402
 from polyvit import fit  # noqa: E402
 from polyvit.mpc import fixedpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(name):
-    from polyvit import datasets
-
-    if name == "demo":
-        from polyvit.demo import load_assets
-
-        t, train, _, _ = load_assets(max_batch=256)
-        cal, k = train[0], 3
-    else:
-        data = os.environ.get("POLYVIT_DATA") or os.path.join(ROOT, "..", "shared", "data")
-        t = polyvit.import_weights(os.path.join(data, "volterra-vit128.safetensors"), max_batch=256)
-        tr = datasets.load_cifar10_jpeg("train")
-        cal, k = tr.images[np.random.default_rng(0).choice(len(tr), 512, replace=False)], 2
-    te = datasets.load_cifar10_jpeg("test")
-    return t, cal, te.images, np.asarray(te.labels), k
 
 
 def main():
@@ -55,7 +37,7 @@ def main():
     a = ap.parse_args()
     out = a.out or os.path.join(ROOT, "results", "mpc", f"fixedpoint-{a.model}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    teacher, cal, x, y, k = load(a.model)
+    teacher, cal, x, y, k = load_cifar_model(a.model)
     if a.images:
         x, y = x[:a.images], y[:a.images]
     d = teacher.config.depth

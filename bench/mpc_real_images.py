@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name  # noqa: E402
+from _common import cpu_name, load_cifar_model  # noqa: E402
 
 import polyvit  # noqa: E402
 from polyvit import fit  # noqa: E402
@@ -31,26 +31,6 @@ from polyvit.mpc import fixedpoint  # noqa: E402
 from polyvit.mpc.inference import run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(name, batch):
-    """(teacher, calibration images, test images, test labels, default hybrid k)."""
-    if name == "demo":
-        from polyvit.demo import load_assets
-
-        t, train, test, _ = load_assets(max_batch=batch)
-        return t, train[0], test[0], test[1], 3
-    from polyvit import datasets
-
-    data = os.environ.get("POLYVIT_DATA") or os.path.join(ROOT, "..", "shared", "data")
-    path = os.path.join(data, "volterra-vit128.safetensors")
-    if not os.path.exists(path):
-        sys.exit(f"{path} not found (set POLYVIT_DATA)")
-    t = polyvit.import_weights(path, max_batch=batch)
-    tr = datasets.load_cifar10_jpeg("train")
-    te = datasets.load_cifar10_jpeg("test")
-    cal = tr.images[np.random.default_rng(0).choice(len(tr), 512, replace=False)]
-    return t, cal, te.images, te.labels, 2
 
 
 def bar_chart(rows, path):
@@ -86,7 +66,7 @@ def main():
     out = a.out or os.path.join(ROOT, "results", "mpc", f"{a.model}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
-    teacher, cal, x, y, k = load(a.model, max(a.batch_size, 64))
+    teacher, cal, x, y, k = load_cifar_model(a.model, max(a.batch_size, 64))
     k = a.blocks or k
     d = teacher.config.depth
     x, y = x[:a.images], np.asarray(y[:a.images])

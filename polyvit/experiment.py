@@ -89,7 +89,6 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
     cal_idx = np.sort(rng.choice(len(train_data), min(calibration, len(train_data)), replace=False))
     cal = train_data.images[cal_idx]
     rows: List[Dict[str, Any]] = []
-    t0 = time.time()
     base = evaluate(teacher, teacher, (test.images, test.labels))
     rows.append(_row("teacher (GELU)", "GELU", teacher, base, 0.0, command, {}))
     if out:

@@ -11,7 +11,7 @@ Profiles are named and documented; nothing here runs MPC (see the MPC issue for 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 
 @dataclasses.dataclass(frozen=True)

@@ -218,7 +218,7 @@ class _RingViT:
         sd = model.state_dict()
         self.cfg, self.f = cfg, f
         enc = lambda name: _C.fx_encode(np.ascontiguousarray(sd[name]), f)  # noqa: E731
-        C, p = cfg.embed_dim, cfg.patch_size
+        C = cfg.embed_dim
         self.pe_w = _C.fx_encode(np.ascontiguousarray(sd["patch_embed.proj.weight"].reshape(C, -1)), f)
         self.pe_b = enc("patch_embed.proj.bias")
         self.cls = enc("cls_token").reshape(C)

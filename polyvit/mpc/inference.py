@@ -191,7 +191,6 @@ def run(model, images, protocol: str = "semi2k", field: int = 64, frac_bits: int
 
     keys = list(e.params)
     vals = [e.params[k] for k in keys]
-    cfg = e.config
 
     def fn(xb, *p):
         return e.fn(dict(zip(keys, p)), xb)
