@@ -26,7 +26,14 @@ import numpy as np
 def _info(args) -> int:
     import polyvit
 
+    import importlib.util
+
+    import numpy
+
+    # the mpc extra (SPU + JAX) is optional: say whether it is there without importing it
+    mpc = {m: importlib.util.find_spec(m) is not None for m in ("spu", "jax")}
     print(json.dumps({"version": polyvit.__version__, "threads": polyvit.get_num_threads(),
+                      "numpy": numpy.__version__, "mpc_extra": mpc,
                       **polyvit.build_info()}, indent=2))
     return 0
 
