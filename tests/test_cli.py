@@ -98,3 +98,14 @@ def test_plot_fits(tmp_path):
     _, acts = m.forward(x, capture=True)
     p = plot_fits(m, acts, str(tmp_path / "fits.png"), title="test")
     assert os.path.getsize(p) > 1000
+
+
+def test_info_reports_the_build_and_the_mpc_extra(capsys):
+    import importlib.util
+
+    from polyvit.__main__ import main as polyvit_main
+
+    assert polyvit_main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpc_extra"] == {m: importlib.util.find_spec(m) is not None for m in ("spu", "jax")}
+    assert info["numpy"] and info["threads"] >= 1
