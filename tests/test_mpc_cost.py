@@ -100,3 +100,10 @@ def test_cheetah_is_refused_with_the_reason():
     m = polyvit.ViT.preset("vit_mini_patch4_32", depth=1, max_batch=1)
     with pytest.raises(ValueError, match="step functions.*polyvit.mpc.run"):
         cost(m, protocol="cheetah")
+
+
+def test_the_readme_names_resolve_without_the_extra():
+    from polyvit import mpc
+
+    assert callable(mpc.cost) and callable(mpc.fixedpoint.evaluate)
+    assert callable(mpc.export) and callable(mpc.run) and callable(mpc.count)

@@ -15,6 +15,7 @@ Python 3.10-3.11, numpy<2, jax 0.4.34).
 """
 from .count import DEFAULT_PROFILE, PROFILES, Profile, count, describe  # noqa: F401
 from .cost_model import cost  # noqa: F401,E402
+from . import fixedpoint  # noqa: F401,E402  (C only: no extra needed)
 
 
 def export(model, fold: bool = True):
