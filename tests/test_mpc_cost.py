@@ -28,7 +28,8 @@ def test_vit_base_224_estimate_in_milliseconds():
     e = cost(cfg, protocol="semi2k")
     assert time.perf_counter() - t < 0.05
     assert e.total_bytes > 0 and e.total_rounds > 0
-    assert set(e.by_block) == {"embed+head"} | {str(i) for i in range(12)}
+    assert set(e.by_block) == set(e.rounds_by_block) == {"embed+head"} | {str(i) for i in range(12)}
+    assert sum(e.rounds_by_kind.values()) == pytest.approx(e.total_rounds)
     # 197 tokens x 3072 hidden x 12 blocks of erf-GELU at ~750 B/element: ~5.4 GB per party
     gelu = sum(r["bytes"] for r in e.ops if r["kind"] == "activation")
     assert 4e9 < gelu < 7e9

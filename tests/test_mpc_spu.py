@@ -71,6 +71,8 @@ def test_full_has_no_activation_comparisons_and_hybrid_removes_its_share():
     # softmax keeps its comparisons (the max) in every configuration
     assert full["comparisons_by_kind"]["softmax"] == gelu["comparisons_by_kind"]["softmax"] > 0
     assert full["by_block"]["1"]["matmul"] == gelu["by_block"]["1"]["matmul"]
+    assert full["rounds_by_block"]["1"]["activation"] < gelu["rounds_by_block"]["1"]["activation"]
+    assert sum(full["rounds_by_kind"].values()) == full["total_rounds"]
 
 
 @pytest.mark.parametrize("protocol", ["semi2k", "aby3"])

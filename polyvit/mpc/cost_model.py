@@ -144,6 +144,8 @@ class CostEstimate:
     total_rounds: float
     by_kind: Dict[str, float]
     by_block: Dict[str, Dict[str, float]]
+    rounds_by_kind: Dict[str, float]
+    rounds_by_block: Dict[str, Dict[str, float]]
     source: str
 
     @property
@@ -198,6 +200,8 @@ def cost(model_or_config: Any, protocol: str = "semi2k", batch: int = 1,
     k = _check(protocol, field, frac_bits, weights, batch, table, require_valid)
     rows, by_kind = [], {kind: 0.0 for kind in KINDS}
     by_block: Dict[str, Dict[str, float]] = {}
+    rounds_by_kind = {kind: 0.0 for kind in KINDS}
+    rounds_by_block: Dict[str, Dict[str, float]] = {}
     # the protocol's one-time setup inside a run (CHEETAH's OT/HE bootstrap; ~0 otherwise)
     setup = k.get("setup", {"bytes": 0.0, "rounds": 0.0})
     tb, tr = float(setup["bytes"]), float(setup["rounds"])
@@ -208,10 +212,13 @@ def cost(model_or_config: Any, protocol: str = "semi2k", batch: int = 1,
         tb += b
         tr += r
         by_kind[op.kind] += b
+        rounds_by_kind[op.kind] += r
         key = "embed+head" if op.block is None else str(op.block)
-        blk = by_block.setdefault(key, {kind: 0.0 for kind in KINDS})
-        blk[op.kind] += b
+        by_block.setdefault(key, {kind: 0.0 for kind in KINDS})[op.kind] += b
+        rounds_by_block.setdefault(key, {kind: 0.0 for kind in KINDS})[op.kind] += r
     return CostEstimate(protocol=protocol, batch=batch, weights=weights, ops=rows,
-                        setup_bytes=float(setup["bytes"]), total_bytes=tb, total_rounds=tr, by_kind=by_kind, by_block=by_block,
+                        setup_bytes=float(setup["bytes"]), total_bytes=tb, total_rounds=tr,
+                        by_kind=by_kind, by_block=by_block, rounds_by_kind=rounds_by_kind,
+                        rounds_by_block=rounds_by_block,
                         source=f"SPU {table['spu_version']} constants measured {table['date']} "
                                f"on {table['machine']} ({os.path.basename(CONSTANTS_PATH)})")

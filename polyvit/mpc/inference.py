@@ -119,8 +119,8 @@ def op_costs(model, protocol: str = "semi2k", batch: int = 1, weights: str = "se
              field: int = 64, frac_bits: int = 18, progress: bool = True) -> Dict[str, Any]:
     """SPU's own costs of each operation of the exported forward at ``batch`` images: every
     distinct op (kind, shapes, visibility) runs alone under SPU once, on random inputs (costs do
-    not depend on values). Returns per op, per block x kind, per kind, and the comparison
-    kernels per kind."""
+    not depend on values). Returns per op, per block x kind and per kind (bytes one party sends,
+    and rounds), and the comparison kernels per kind."""
     _check_args(protocol, field, frac_bits, weights, batch)
     e = export(model)
     ops = e.ops(batch)
@@ -144,17 +144,22 @@ def op_costs(model, protocol: str = "semi2k", batch: int = 1, weights: str = "se
                   f"({time.time() - t0:.0f} s)", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    rows, by_block, by_kind, comps = [], {}, {k: 0.0 for k in KINDS}, {k: 0 for k in KINDS}
+    rows, by_kind, comps = [], {k: 0.0 for k in KINDS}, {k: 0 for k in KINDS}
+    by_block: Dict[str, Dict[str, float]] = {}
+    rounds_by_block: Dict[str, Dict[str, float]] = {}
+    rounds_by_kind = {k: 0.0 for k in KINDS}
     for o in ops:
         m = measured[o.key(weights)]
         rows.append(dict(name=o.name, kind=o.kind, block=o.block, variant=o.variant, **m))
-        blk = by_block.setdefault("embed+head" if o.block is None else str(o.block),
-                                  {k: 0.0 for k in KINDS})
-        blk[o.kind] += m["bytes"]
+        key = "embed+head" if o.block is None else str(o.block)
+        by_block.setdefault(key, {k: 0.0 for k in KINDS})[o.kind] += m["bytes"]
+        rounds_by_block.setdefault(key, {k: 0.0 for k in KINDS})[o.kind] += m["rounds"]
         by_kind[o.kind] += m["bytes"]
+        rounds_by_kind[o.kind] += m["rounds"]
         comps[o.kind] += m["comparisons"]
     return dict(protocol=protocol, batch=batch, weights=weights, ops=rows, by_block=by_block,
-                by_kind=by_kind, comparisons_by_kind=comps,
+                by_kind=by_kind, rounds_by_block=rounds_by_block, rounds_by_kind=rounds_by_kind,
+                comparisons_by_kind=comps,
                 activation_comparisons=sum(r["comparisons"] for r in rows if r["kind"] == "activation"),
                 total_bytes=sum(r["bytes"] for r in rows), total_rounds=sum(r["rounds"] for r in rows))
 
