@@ -117,6 +117,12 @@ typedef struct {
 } pv_model;
 
 int pv_config_check(const pv_config *c);
+/* layout.c: dimensions, the parameter table and the activation count for cfg (no buffers) */
+int pv_layout_init(pv_model *m, const pv_config *cfg, int max_batch);
+/* the named pointers of one buffer (params or grads; host or device memory) */
+void pv_bind_params(pv_params *P, float *base, const pv_model *m);
+/* carve the activation arena at base (NULL: only count); returns its size in floats */
+size_t pv_carve_acts(pv_model *m, float *base);
 int pv_model_create(pv_model **out, const pv_config *cfg, int max_batch);
 void pv_model_free(pv_model *m);
 /* forward on B images (B <= max_batch), NCHW float32; logits into m->logits */

@@ -1,6 +1,7 @@
 """polyvit: Vision Transformers with quadratic activations for private (MPC) inference.
 
-The engine is C (``polyvit._C``); this package is its Python face.
+The engine is C (``polyvit._C``) and CUDA C (``polyvit._C_cuda``, imported only when a GPU is
+asked for); this package is its Python face.
 """
 __version__ = "0.1.0"
 
@@ -14,7 +15,7 @@ from .optim import AdamW
 from .training import Distiller, Stage, Trainer, train
 from .metrics import evaluate
 from .students import full, hybrid, student
-from . import augment, datasets, fit, loader, mixup, mpc
+from . import augment, cuda, datasets, fit, loader, mixup, mpc
 
 
 def set_num_threads(n: int) -> None:
@@ -32,10 +33,18 @@ def build_info() -> dict:
     """How the engine was built: compiler, OpenMP, BLAS, SIMD; CUDA when present."""
     info = dict(_C.build_info())
     info["cuda"] = False
+    if cuda.is_built():
+        try:
+            info["cuda"] = cuda.build_info()
+            info["cuda"]["devices"] = cuda.device_count()
+        except RuntimeError as e:  # built, but cuBLAS or the runtime does not load here
+            info["cuda"] = {"error": str(e)}
     return info
 
 
-HAS_CUDA = False
+#: True when the CUDA engine (polyvit._C_cuda) was built; ``polyvit.cuda.is_available()`` also
+#: needs a GPU.
+HAS_CUDA = cuda.is_built()
 
 
 def load(path, max_batch: int = 64, **kwargs) -> ViT:

@@ -25,13 +25,19 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
-def _device(args) -> None:
-    if getattr(args, "device", "cpu") == "cuda":
-        import polyvit
+def _device(args) -> str:
+    """The --device asked for, checked before any data is read: "cpu" or "cuda"."""
+    dev = getattr(args, "device", "cpu")
+    if dev == "cuda":
+        from . import cuda
 
-        if not polyvit.HAS_CUDA:
+        if not cuda.is_built():
             raise UserError("--device cuda: this build of polyvit has no CUDA engine "
                             "(polyvit.HAS_CUDA is False); use --device cpu")
+        if not cuda.is_available():
+            reason = cuda._load().device_count()[1]
+            raise UserError(f"--device cuda: no usable CUDA GPU here ({reason}); use --device cpu")
+    return dev
 
 
 def load_data(path: Optional[str], split: str):
@@ -60,15 +66,15 @@ def _subset(ds, n: Optional[int], seed: int):
     return ds[idx]
 
 
-def _load_model(path: str, max_batch: int):
+def _load_model(path: str, max_batch: int, device: str = "cpu"):
     import polyvit
 
     if not os.path.exists(path):
         raise UserError(f"model file not found: {path}")
     try:
-        return polyvit.load(path, max_batch=max_batch)
+        return polyvit.load(path, max_batch=max_batch, device=device)
     except ValueError:
-        return polyvit.import_weights(path, max_batch=max_batch)
+        return polyvit.import_weights(path, max_batch=max_batch).to(device)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -82,14 +88,15 @@ def cmd_train(args) -> int:
     import polyvit
     from .training import Stage, Trainer
 
-    _device(args)
+    dev = _device(args)
     train = _subset(load_data(args.data, "train"), args.train_size, args.seed)
     test = _subset(load_data(args.data, "test"), args.eval_size, args.seed)
     over = dict(num_classes=train.num_classes, mean=CIFAR_MEAN, std=CIFAR_STD)
     for k in ("embed_dim", "depth", "num_heads"):
         if getattr(args, k) is not None:
             over[k] = getattr(args, k)
-    model = polyvit.ViT.preset(args.preset, max_batch=args.batch_size, seed=args.seed, **over)
+    model = polyvit.ViT.preset(args.preset, max_batch=args.batch_size, seed=args.seed,
+                               device=dev, **over)
     print(model, file=sys.stderr)
     stage = Stage(epochs=args.epochs, lr=args.lr, warmup_epochs=min(args.warmup, args.epochs),
                   magnitude=None if args.magnitude < 0 else args.magnitude)
@@ -109,8 +116,8 @@ def cmd_fit(args) -> int:
     from .experiment import parse_config
     from .students import student
 
-    _device(args)
-    teacher = _load_model(args.teacher, args.batch_size)
+    dev = _device(args)
+    teacher = _load_model(args.teacher, args.batch_size, dev)
     blocks = parse_config(args.blocks, teacher.config.depth)
     s = student(teacher, blocks)
     if args.method == "static":
@@ -130,9 +137,9 @@ def cmd_distill(args) -> int:
     from .losses import Loss
     from .training import Distiller, Stage
 
-    _device(args)
-    teacher = _load_model(args.teacher, args.batch_size)
-    s = _load_model(args.student, args.batch_size)
+    dev = _device(args)
+    teacher = _load_model(args.teacher, args.batch_size, dev)
+    s = _load_model(args.student, args.batch_size, dev)
     train = _subset(load_data(args.data, "train"), args.train_size, args.seed)
     test = _subset(load_data(args.data, "test"), args.eval_size, args.seed)
     loss = {"mse": Loss(mse=1.0, ce=0.0), "kl": Loss(kl=1.0, ce=0.0, temperature=args.temperature),
@@ -151,9 +158,9 @@ def cmd_distill(args) -> int:
 def cmd_evaluate(args) -> int:
     from .metrics import evaluate
 
-    _device(args)
-    s = _load_model(args.student, 500)
-    t = _load_model(args.teacher, 500) if args.teacher else None
+    dev = _device(args)
+    s = _load_model(args.student, 500, dev)
+    t = _load_model(args.teacher, 500, dev) if args.teacher else None
     test = _subset(load_data(args.data, "test"), args.eval_size, args.seed)
     r = evaluate(s, t, (test.images, test.labels), progress=True)
     text = json.dumps(r, indent=1)
@@ -186,8 +193,8 @@ def cmd_report(args) -> int:
 def cmd_experiment(args) -> int:
     from . import experiment
 
-    _device(args)
-    teacher = _load_model(args.teacher, max(500, args.batch_size))
+    dev = _device(args)
+    teacher = _load_model(args.teacher, max(500, args.batch_size), dev)
     train = _subset(load_data(args.data, "train"), args.train_size, args.seed)
     test = _subset(load_data(args.data, "test"), args.eval_size, args.seed)
     cmd = "python -m polyvit " + " ".join(shlex.quote(a) for a in args.argv)

@@ -12,6 +12,8 @@ from .activations import gelu_quadratic_fit
 from .config import ViTConfig, normalise_blocks, preset_config
 
 _ACT_CODE = {"gelu": 0, "poly": 1}
+_PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}
+_BUFFERS = ("params", "grads", "m", "v")
 
 
 def _engine_config(cfg: ViTConfig) -> Dict[str, Any]:
@@ -29,48 +31,177 @@ class ViT:
 
     ``max_batch`` sizes the activation memory, allocated once: training steps take at most that
     many images; ``forward`` splits larger inputs into chunks.
+
+    ``device="cuda"`` (or ``"cuda:N"``) runs the model in the CUDA engine (``polyvit._C_cuda``),
+    with ``precision`` ``"fp32"`` (the reference), ``"tf32"`` or ``"bf16"`` (tensor-core matrix
+    products, float32 weights and activations). Everything else behaves as on the CPU. On a GPU,
+    ``params`` and ``grads`` are host mirrors: each access of ``model.params`` returns arrays
+    holding the device's current values, and writes into them reach the device at the next engine
+    call. Keep such a dict only between engine calls, not across training steps.
     """
 
     def __init__(self, config: Union[ViTConfig, Dict[str, Any]], max_batch: int = 64,
-                 seed: Optional[int] = 0):
+                 seed: Optional[int] = 0, device: str = "cpu", precision: str = "fp32"):
         if isinstance(config, dict):
             config = ViTConfig.from_dict(config)
         if not isinstance(config, ViTConfig):
             raise TypeError(f"config must be a ViTConfig or a dict, got {type(config).__name__}")
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        ordinal = _parse_device(device)
+        _parse_precision(precision, ordinal)
         self.config = config
-        self._build(int(max_batch))
+        self._max_batch = int(max_batch)
+        self._cuda = None  # the CUDA engine while the model lives on a GPU
+        self._precision = "fp32"
+        # on a GPU the host engine only mirrors the buffers: no activations for a real batch
+        self._build(self._max_batch if ordinal is None else 1)
         if seed is not None:
             self.init_weights(seed)
+        if ordinal is not None:
+            self.to(device, precision)
 
     # construction -------------------------------------------------------------------------
-    def _build(self, max_batch: int) -> None:
-        self._engine = _C.Engine(_engine_config(self.config), max_batch)
-        table = self._engine.tensors()
+    def _build(self, engine_batch: int) -> None:
+        engine = _C.Engine(_engine_config(self.config), engine_batch)
+        table = engine.tensors()
         specs = self.config.param_specs()
         # the C layout and the Python spec are written separately; they must agree exactly
         assert [(n, tuple(s), g) for n, s, _, g in table] == [(n, s, g) for n, s, g in specs], \
             "engine layout disagrees with ViTConfig.param_specs()"
+        self._engine = engine
         self._layout = [(n, tuple(s), off, g) for n, s, off, g in table]
-        self.params = self._views("params")
-        self.grads = self._views("grads")
-        self._moments = (self._views("m"), self._views("v"))
+        self._bufs = {b: engine.buffer(b) for b in _BUFFERS}
+        self._views_of = {b: self._views(b) for b in _BUFFERS}
+        # where each buffer's latest values are, while on a GPU: "both", "host" or "device"
+        self._fresh = {b: "both" for b in _BUFFERS}
         self.param_groups = {n: g for n, _, _, g in self._layout}
         self._last_forward_chunked = False
 
     def _views(self, which: str) -> Dict[str, np.ndarray]:
-        buf = self._engine.buffer(which)
+        buf = self._bufs[which]
         out = {}
         for name, shape, off, _ in self._layout:
             size = int(np.prod(shape))
             out[name] = buf[off:off + size].reshape(shape)
         return out
 
+    # buffers: live views on the CPU, synchronised host mirrors on a GPU ------------------------
+    def _host(self, which: str) -> Dict[str, np.ndarray]:
+        if self._cuda is not None:
+            if self._fresh[which] == "device":
+                self._cuda.download(which, self._bufs[which])
+            self._fresh[which] = "host"  # handed out: the caller may write into it
+        return self._views_of[which]
+
+    @property
+    def params(self) -> Dict[str, np.ndarray]:
+        """Every parameter by timm name (views of the engine's buffer; host mirrors on a GPU)."""
+        return self._host("params")
+
+    @property
+    def grads(self) -> Dict[str, np.ndarray]:
+        """Gradients of the last ``backward``, by timm name."""
+        return self._host("grads")
+
+    @property
+    def _moments(self) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        return self._host("m"), self._host("v")
+
+    def _device(self, reads=(), writes=(), overwrites=()):
+        """Bring the buffers a device call reads up to date there, and record what it changes
+        (``overwrites``: written whole, so the host copy need not be uploaded first)."""
+        for b in tuple(reads) + tuple(writes):
+            if self._fresh[b] == "host":
+                self._cuda.upload(b, self._bufs[b])
+                self._fresh[b] = "both"
+        for b in tuple(writes) + tuple(overwrites):
+            self._fresh[b] = "device"
+        return self._cuda
+
+    # optimizer entry points (polyvit.AdamW calls these) -----------------------------------------
+    def _grad_norm(self, hp) -> float:
+        if self._cuda is None:
+            return self._engine.grad_norm(hp)
+        return self._device(reads=("grads",)).grad_norm(hp)
+
+    def _grad_scale(self, hp, coef: float) -> None:
+        if self._cuda is None:
+            return self._engine.grad_scale(hp, coef)
+        self._device(writes=("grads",)).grad_scale(hp, coef)
+
+    def _adamw(self, hp, beta1: float, beta2: float, eps: float, step: int) -> None:
+        if self._cuda is None:
+            return self._engine.adamw(hp, beta1, beta2, eps, step)
+        self._device(reads=("grads",), writes=("params", "m", "v")).adamw(hp, beta1, beta2, eps, step)
+
+    def _buffer_copies(self) -> Dict[str, np.ndarray]:
+        """Host copies of the four whole buffers, current wherever they live."""
+        out = {}
+        for b in _BUFFERS:
+            self._host(b)
+            out[b] = self._bufs[b].copy()
+        return out
+
+    # devices ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda:N"."""
+        return "cpu" if self._cuda is None else f"cuda:{self._cuda.device}"
+
+    @property
+    def precision(self) -> str:
+        """The matrix-product precision: "fp32" (always on the CPU), "tf32" or "bf16"."""
+        return self._precision
+
+    def to(self, device: str, precision: Optional[str] = None) -> "ViT":
+        """Move the model (weights, gradients, optimizer moments) to ``"cpu"`` or ``"cuda[:N]"``,
+        in place; returns the model. On failure (no GPU, not enough memory) the model stays
+        where it was, unchanged."""
+        ordinal = _parse_device(device)
+        prec = _parse_precision(precision if precision is not None else
+                                (self._precision if ordinal is not None else "fp32"), ordinal)
+        here = None if self._cuda is None else self._cuda.device
+        if ordinal is None:
+            if here is not None:
+                state = self._buffer_copies()
+                cuda, self._cuda = self._cuda, None
+                try:
+                    self._build(self._max_batch)
+                except BaseException:
+                    self._cuda = cuda
+                    raise
+                for b in _BUFFERS:
+                    self._bufs[b][...] = state[b]
+            self._precision = "fp32"
+            return self
+        if ordinal == here:
+            self._cuda.set_precision(_PRECISIONS[prec])
+            self._precision = prec
+            return self
+        from . import cuda as _cuda_mod
+
+        engine = _cuda_mod._new_engine(_engine_config(self.config), self._max_batch, ordinal)
+        engine.set_precision(_PRECISIONS[prec])
+        state = self._buffer_copies()
+        for b in _BUFFERS:
+            engine.upload(b, state[b])
+        if here is None:
+            # the host engine becomes a mirror: drop its activations for max_batch images
+            self._build(1)
+            for b in _BUFFERS:
+                self._bufs[b][...] = state[b]
+        self._cuda = engine
+        self._fresh = {b: "both" for b in _BUFFERS}
+        self._precision = prec
+        return self
+
     @classmethod
-    def preset(cls, name: str, max_batch: int = 64, seed: Optional[int] = 0, **overrides) -> "ViT":
+    def preset(cls, name: str, max_batch: int = 64, seed: Optional[int] = 0, device: str = "cpu",
+               precision: str = "fp32", **overrides) -> "ViT":
         """A model from a named preset (``polyvit.PRESETS``); keyword overrides go to the config."""
-        return cls(preset_config(name, **overrides), max_batch=max_batch, seed=seed)
+        return cls(preset_config(name, **overrides), max_batch=max_batch, seed=seed,
+                   device=device, precision=precision)
 
     def init_weights(self, seed: int = 0) -> None:
         """timm's initialisation: linear weights N(0, 0.02) truncated at +-2, zero biases, unit
@@ -102,7 +233,12 @@ class ViT:
     # properties ---------------------------------------------------------------------------
     @property
     def max_batch(self) -> int:
-        return self._engine.max_batch
+        return self._max_batch
+
+    @property
+    def device_bytes(self) -> int:
+        """Device memory this model holds on its GPU (0 on the CPU)."""
+        return 0 if self._cuda is None else self._cuda.device_bytes
 
     @property
     def num_params(self) -> int:
@@ -113,7 +249,9 @@ class ViT:
         acts = "".join("P" if a == "poly" else "G" for a in c.act)
         return (f"ViT(img={c.img_size}, patch={c.patch_size}, dim={c.embed_dim}, depth={c.depth}, "
                 f"heads={c.num_heads}, mlp={c.mlp_hidden}, classes={c.num_classes}, "
-                f"blocks={acts}, params={self.num_params:,}, max_batch={self.max_batch})")
+                f"blocks={acts}, params={self.num_params:,}, max_batch={self.max_batch}"
+                + ("" if self._cuda is None else f", device={self.device}, precision={self.precision}")
+                + ")")
 
     # forward / backward -------------------------------------------------------------------
     def _image_layout(self, shape) -> str:
@@ -196,10 +334,15 @@ class ViT:
         mb, B = self.max_batch, x.shape[0]
         logits, caps = [], {i: [] for i in blocks}
         for s in range(0, B, mb):
-            chunk = self.preprocess(x[s:s + mb]) if x.dtype == np.uint8 else x[s:s + mb]
-            logits.append(self._engine.forward(chunk))
+            if self._cuda is not None:
+                eng = self._device(reads=("params",))
+                logits.append(eng.forward(*self._device_input(x[s:s + mb])))
+            else:
+                eng = self._engine
+                chunk = self.preprocess(x[s:s + mb]) if x.dtype == np.uint8 else x[s:s + mb]
+                logits.append(eng.forward(chunk))
             for i in blocks:
-                caps[i].append(self._engine.preact(i))
+                caps[i].append(eng.preact(i))
         self._last_forward_chunked = B > mb
         out = logits[0] if len(logits) == 1 else np.concatenate(logits)
         if not blocks:
@@ -207,6 +350,21 @@ class ViT:
         return out, {i: (v[0] if len(v) == 1 else np.concatenate(v)) for i, v in caps.items()}
 
     __call__ = forward
+
+    def _device_input(self, chunk: np.ndarray):
+        """(images, scale, shift) for the CUDA engine: uint8 pixels go up as they are and are
+        scaled and normalised there (x * scale + shift per channel); float32 input is ready."""
+        Cin = self.config.in_chans
+        if chunk.dtype != np.uint8:
+            return (np.ascontiguousarray(chunk, dtype=np.float32), np.ones(Cin, np.float32),
+                    np.zeros(Cin, np.float32))
+        c = self.config
+        if c.mean is None:
+            scale, shift = np.full(Cin, 1.0 / 255.0), np.zeros(Cin)
+        else:
+            mean, std = np.asarray(c.mean, np.float64), np.asarray(c.std, np.float64)
+            scale, shift = 1.0 / (255.0 * std), -mean / std
+        return (np.ascontiguousarray(chunk), scale.astype(np.float32), shift.astype(np.float32))
 
     def backward(self, dlogits) -> None:
         """Gradients of every parameter (into ``model.grads``, overwritten) from dL/dlogits of the
@@ -216,13 +374,19 @@ class ViT:
                              f" backward needs a forward of at most max_batch images")
         g = as_float32(dlogits, "dlogits")
         K = self.config.num_classes
-        last = self._engine.last_batch
+        last = (self._cuda or self._engine).last_batch
         if g.ndim != 2 or g.shape[1] != K:
             raise ValueError(f"dlogits must have shape (B, {K}), got {g.shape}")
         if last and g.shape[0] != last:
             raise ValueError(f"dlogits has batch {g.shape[0]} but the last forward had {last}")
         check_finite(g, "dlogits")
-        self._engine.backward(g)
+        self._run_backward(g)
+
+    def _run_backward(self, g: np.ndarray) -> None:
+        if self._cuda is None:
+            self._engine.backward(g)
+        else:
+            self._device(reads=("params",), overwrites=("grads",)).backward(g)
 
     def train_step(self, x, labels=None, teacher_logits=None, loss=None, optimizer=None,
                    lr: Optional[float] = None, preprocess: Optional[bool] = None) -> float:
@@ -239,8 +403,8 @@ class ViT:
         if optimizer.model is not self:
             raise ValueError("the optimizer belongs to another model")
         x = self._images(x, preprocess)
-        if x.dtype == np.uint8:
-            x = self.preprocess(x)
+        if x.dtype == np.uint8 and self._cuda is None:
+            x = self.preprocess(x)  # on a GPU, uint8 images are normalised on the device
         if x.shape[0] > self.max_batch:
             raise ValueError(f"a training batch of {x.shape[0]} exceeds max_batch="
                              f"{self.max_batch}; build the model with a larger max_batch")
@@ -253,7 +417,7 @@ class ViT:
         if not math.isfinite(value):
             raise FloatingPointError(f"the loss is {value}; the step was skipped and the "
                                      f"parameters are unchanged")
-        self._engine.backward(dlogits)
+        self._run_backward(dlogits)
         optimizer.step(lr)
         return float(value)
 
@@ -286,7 +450,16 @@ class ViT:
             old_v = {n: v.copy() for n, v in self._moments[1].items()}
             old_specs = {n: s for n, s, _ in self.config.param_specs()}
             self.config = new_cfg
-            self._build(self.max_batch)
+            self._build(self._max_batch if self._cuda is None else 1)
+            if self._cuda is not None:
+                # the device model has the old layout: a new one, filled from the host mirror
+                from . import cuda as _cuda_mod
+
+                dev = _cuda_mod._new_engine(_engine_config(new_cfg), self._max_batch,
+                                            self._cuda.device)
+                dev.set_precision(_PRECISIONS[self._precision])
+                self._cuda = dev
+                self._fresh = {b: "host" for b in _BUFFERS}
             for n, shape, _, _ in self._layout:
                 if n in old_vals and old_specs[n] == shape:
                     self.params[n][...] = old_vals[n]
@@ -356,7 +529,8 @@ class ViT:
     # state ---------------------------------------------------------------------------------
     def copy(self, max_batch: Optional[int] = None) -> "ViT":
         """An independent model with the same config and weights (optimizer state not copied)."""
-        other = ViT(self.config, max_batch=max_batch or self.max_batch, seed=None)
+        other = ViT(self.config, max_batch=max_batch or self.max_batch, seed=None,
+                    device=self.device, precision=self.precision)
         for n, v in self.params.items():
             other.params[n][...] = v
         return other
@@ -375,6 +549,29 @@ class ViT:
         from .io import save
 
         save(self, path, metadata=metadata)
+
+
+def _parse_device(device) -> Optional[int]:
+    """None for the CPU, the ordinal for "cuda" / "cuda:N"."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    d = device.strip().lower()
+    if d == "cpu":
+        return None
+    if d == "cuda":
+        return 0
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return int(d[5:])
+    raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _parse_precision(precision, ordinal: Optional[int]) -> str:
+    if precision not in _PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(_PRECISIONS)}")
+    if ordinal is None and precision != "fp32":
+        raise ValueError(f"precision {precision!r} applies to CUDA models; the CPU engine "
+                         f"computes in float32")
+    return precision
 
 
 def _trunc_normal(rng, shape, std):

@@ -57,8 +57,8 @@ class AdamW:
     def step(self, lr: Optional[float] = None) -> None:
         """One AdamW step from the gradients of the last ``model.backward``."""
         hp = self.hyperparams(lr)
-        eng = self.model._engine
-        norm = eng.grad_norm(hp)
+        model = self.model
+        norm = model._grad_norm(hp)
         self.last_grad_norm = norm
         if not math.isfinite(norm):
             raise FloatingPointError("the gradients contain NaN or Inf; the step was skipped and "
@@ -66,9 +66,9 @@ class AdamW:
         if self.clip_grad_norm is not None:
             coef = self.clip_grad_norm / (norm + 1e-6)
             if coef < 1.0:
-                eng.grad_scale(hp, coef)
+                model._grad_scale(hp, coef)
         self.step_count += 1
-        eng.adamw(hp, self.betas[0], self.betas[1], self.eps, self.step_count)
+        model._adamw(hp, self.betas[0], self.betas[1], self.eps, self.step_count)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"step": self.step_count, "lr": self.lr, "betas": self.betas, "eps": self.eps,

@@ -1,25 +1,10 @@
-/* Errors and threads shared by every op. */
-#include <stdarg.h>
-#include <stdio.h>
-
+/* Threads shared by every op. */
 #include "../polyvit.h"
 #include "blas.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static _Thread_local char pv_err_msg[512];
-
-const char *pv_last_error(void) { return pv_err_msg[0] ? pv_err_msg : "unknown engine error"; }
-
-int pv_set_error(int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(pv_err_msg, sizeof pv_err_msg, fmt, ap);
-    va_end(ap);
-    return code;
-}
 
 /* One thread pool: OpenMP's. OpenBLAS always runs single-threaded inside our parallel
  * regions (we partition every GEMM ourselves), so the two never oversubscribe the cores. */
