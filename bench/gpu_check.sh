@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The one script a GPU session runs, in one call: build polyvit with its CUDA engine, run
+# tests/test_cuda.py, then the GPU benchmark (bench/gpu_train.py). Everything it writes goes to
+# $OUT (default ./gpu_out): build.log, test_cuda.log, cuda_errors.json (the errors the tests
+# measured per config and precision), bench.log and one gpu_train-*.json per model. Meant to
+# stay under 9 minutes (GPU_CHECK_LIMIT seconds, default 530): the benchmark gets whatever the
+# build and the tests leave, at most 330 s.
+#
+#   bash bench/gpu_check.sh
+#   OUT=/tmp/o BENCH_ARGS="--models vit_small_patch16_224 --no-compile" bash bench/gpu_check.sh
+#
+# A test failure does not stop the benchmark (device time is scarce); the script still exits
+# non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/gpu_out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+LIMIT=${GPU_CHECK_LIMIT:-530}
+PYTEST_ARGS=${PYTEST_ARGS:--q -rs --maxfail=10}
+BENCH_ARGS=${BENCH_ARGS:-}
+export PYTHONUNBUFFERED=1
+SECONDS=0
+
+stamp() { echo "== [${SECONDS}s] $*"; }
+
+stamp "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader \
+  2>/dev/null || echo "nvidia-smi: not available"
+if command -v nvcc >/dev/null; then nvcc --version | tail -2; else echo "nvcc: not on PATH"; fi
+"$PY" -c "import sys, numpy, torch; print('python', sys.version.split()[0], '| numpy', \
+numpy.__version__, '| torch', torch.__version__, 'cuda', torch.version.cuda, '| GPU visible to torch:', \
+torch.cuda.is_available())" || echo "(torch not importable)"
+
+# 1. wheels carried along in .whl/ (scipy-openblas32 is not in the GPU image)
+if compgen -G ".whl/*.whl" >/dev/null; then
+  stamp "installing the carried wheels: $(ls .whl)"
+  "$PY" -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -5
+fi
+
+# 2. build with the CUDA engine (POLYVIT_CUDA=1: the build fails if it cannot build it)
+stamp "pip install --no-build-isolation -e . (POLYVIT_CUDA=1)"
+POLYVIT_CUDA=1 "$PY" -m pip install --no-build-isolation -e . 2>&1 | tee "$OUT/build.log" | tail -20
+"$PY" - <<'EOF'
+import sys
+
+import polyvit
+
+info = polyvit.build_info()
+print("build_info:", info)
+if not polyvit.HAS_CUDA:
+    sys.exit("FAILED: polyvit was built without its CUDA extension (polyvit.HAS_CUDA is False); "
+             "see build.log")
+if not polyvit.cuda.is_available():
+    sys.exit(f"FAILED: the CUDA extension is built but polyvit sees no GPU: {info.get('cuda')}")
+for i in range(polyvit.cuda.device_count()):
+    print(f"cuda:{i}:", polyvit.cuda.device_info(i))
+EOF
+
+# 3. the CUDA engine against the CPU engine
+stamp "pytest tests/test_cuda.py"
+set +e
+# shellcheck disable=SC2086
+POLYVIT_CUDA_ERRORS="$OUT/cuda_errors.json" timeout 240 "$PY" -m pytest $PYTEST_ARGS \
+  -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log"
+TEST_RC=${PIPESTATUS[0]}
+set -e
+if [ -f "$OUT/cuda_errors.json" ]; then
+  "$PY" - "$OUT/cuda_errors.json" <<'EOF' || true
+import json, sys
+
+d = json.load(open(sys.argv[1]))
+print("measured relative errors, CUDA vs CPU engine (worst over the configs):")
+for prec, cases in d["measured"].items():
+    if not isinstance(cases, dict) or not all(isinstance(v, dict) for v in cases.values()):
+        print(f"  {prec}: {cases}")
+        continue
+    lw = max(cases, key=lambda c: cases[c]["logits"])
+    gw = max(cases, key=lambda c: cases[c]["grad_worst"])
+    print(f"  {prec}: logits {cases[lw]['logits']:.2e} ({lw}); gradients "
+          f"{cases[gw]['grad_worst']:.2e} ({gw}, {cases[gw]['grad_worst_tensor']})")
+EOF
+fi
+
+# 4. the benchmark, in what time is left
+LEFT=$((LIMIT - SECONDS - 30))
+BUDGET=$((LEFT < 330 ? LEFT : 330))
+BENCH_RC=0
+if [ "$BUDGET" -ge 60 ]; then
+  stamp "bench/gpu_train.py (time budget ${BUDGET}s)"
+  set +e
+  # shellcheck disable=SC2086
+  timeout $((BUDGET + 45)) "$PY" bench/gpu_train.py --out "$OUT" --time-budget "$BUDGET" \
+    $BENCH_ARGS 2>&1 | tee "$OUT/bench.log"
+  BENCH_RC=${PIPESTATUS[0]}
+  set -e
+else
+  stamp "bench/gpu_train.py skipped: only ${LEFT}s left"
+fi
+
+stamp "done; files in $OUT:"
+ls -l "$OUT"
+if [ "$TEST_RC" -ne 0 ]; then
+  echo "TESTS FAILED (pytest exit status $TEST_RC): see test_cuda.log"
+  exit "$TEST_RC"
+fi
+if [ "$BENCH_RC" -ne 0 ]; then
+  echo "BENCHMARK FAILED (exit status $BENCH_RC): see bench.log"
+  exit "$BENCH_RC"
+fi
+echo "all passed"
