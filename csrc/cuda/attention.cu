@@ -20,13 +20,7 @@ __global__ void permute_qkv_kernel(float *__restrict__ qkvr, const float *__rest
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         /* i indexes (b, h, t, d) of one of q, k, v */
-        int d = (int)(i % hs);
-        size_t r = i / hs;
-        int t = (int)(r % T);
-        r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
-        size_t src = (((size_t)b * T + t) * 3 * NH + h) * hs + d;
+        size_t src = (size_t)pv_qkv_offset((long long)i, T, NH, hs);
         size_t C = (size_t)NH * hs;
         qkvr[i] = qkv[src];
         qkvr[n + i] = qkv[src + C];
@@ -41,13 +35,7 @@ __global__ void permute_qkv_backward_kernel(float *__restrict__ dqkv,
     size_t n = (size_t)B * NH * T * hs;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        int d = (int)(i % hs);
-        size_t r = i / hs;
-        int t = (int)(r % T);
-        r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
-        size_t dst = (((size_t)b * T + t) * 3 * NH + h) * hs + d;
+        size_t dst = (size_t)pv_qkv_offset((long long)i, T, NH, hs);
         size_t C = (size_t)NH * hs;
         dqkv[dst] = dqkvr[i];
         dqkv[dst + C] = dqkvr[n + i];
@@ -61,13 +49,7 @@ __global__ void heads_kernel(float *__restrict__ out, const float *__restrict__ 
     size_t n = (size_t)B * NH * T * hs;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        int d = (int)(i % hs);
-        size_t r = i / hs;
-        int t = (int)(r % T);
-        r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
-        size_t flat = ((size_t)b * T + t) * NH * hs + (size_t)h * hs + d;
+        size_t flat = (size_t)pv_heads_offset((long long)i, T, NH, hs);
         if (to_heads)
             out[i] = in[flat];
         else
@@ -133,15 +115,15 @@ extern "C" int cu_attention_forward(pv_cuda_model *cm, float *y, float *att, con
     permute_qkv_kernel<<<grid_for(n, 256), 256, 0, s>>>(cm->qkvr, qkv, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv");
     /* S (T,T) row-major per (b,h): S[t1][t2] = scale * q[t1] . k[t2] */
-    int rc = cu_gemm_strided_batched(cm, 1, 0, T, T, hs, scale, k, hs, (long long)T * hs, q, hs,
-                                     (long long)T * hs, 0.0f, att, T, (long long)T * T, B * NH);
+    pv_gemm_plan ps = pv_plan_att_scores(T, hs, B * NH, scale);
+    int rc = cu_gemm(cm, &ps, k, q, att);
     if (rc) return rc;
     size_t rows = (size_t)B * NH * T;
     softmax_rows_kernel<<<grid_for(rows * 32, 256), 256, 0, s>>>(att, rows, T);
     PV_LAUNCH_CHECK("softmax_rows");
     /* vacc (T,hs) per (b,h) = P v */
-    rc = cu_gemm_strided_batched(cm, 0, 0, hs, T, T, 1.0f, v, hs, (long long)T * hs, att, T,
-                                 (long long)T * T, 0.0f, cm->vacc, hs, (long long)T * hs, B * NH);
+    pv_gemm_plan pv_ = pv_plan_att_values(T, hs, B * NH);
+    rc = cu_gemm(cm, &pv_, v, att, cm->vacc);
     if (rc) return rc;
     heads_kernel<<<grid_for(n, 256), 256, 0, s>>>(y, cm->vacc, B, T, NH, hs, 0);
     PV_LAUNCH_CHECK("heads_to_tokens");
@@ -157,30 +139,30 @@ extern "C" int cu_attention_backward(pv_cuda_model *cm, float *dqkv, const float
     float scale = 1.0f / sqrtf((float)hs);
     float *q = cm->qkvr, *k = q + n, *v = k + n;
     float *dq = cm->d_qkvr, *dk = dq + n, *dv = dk + n;
-    long long sT = (long long)T * hs, sTT = (long long)T * T;
     /* q, k, v of this block again (the buffer holds the last block's forward) */
     permute_qkv_kernel<<<grid_for(n, 256), 256, 0, s>>>(cm->qkvr, qkv, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv");
     heads_kernel<<<grid_for(n, 256), 256, 0, s>>>(cm->vacc, dy, B, T, NH, hs, 1);
     PV_LAUNCH_CHECK("tokens_to_heads");
+    int bh = B * NH;
     /* dP (T,T) = dvacc v^T */
-    int rc = cu_gemm_strided_batched(cm, 1, 0, T, T, hs, 1.0f, v, hs, sT, cm->vacc, hs, sT, 0.0f,
-                                     cm->d_attn, T, sTT, B * NH);
+    pv_gemm_plan p1 = pv_plan_att_dprobs(T, hs, bh);
+    int rc = cu_gemm(cm, &p1, v, cm->vacc, cm->d_attn);
     if (rc) return rc;
     /* dv (T,hs) = P^T dvacc */
-    rc = cu_gemm_strided_batched(cm, 0, 1, hs, T, T, 1.0f, cm->vacc, hs, sT, att, T, sTT, 0.0f,
-                                 dv, hs, sT, B * NH);
+    pv_gemm_plan p2 = pv_plan_att_dvalues(T, hs, bh);
+    rc = cu_gemm(cm, &p2, cm->vacc, att, dv);
     if (rc) return rc;
     size_t rows = (size_t)B * NH * T;
     softmax_backward_kernel<<<grid_for(rows * 32, 256), 256, 0, s>>>(cm->d_attn, att, rows, T,
                                                                      scale);
     PV_LAUNCH_CHECK("softmax_backward");
     /* dq = dS k, dk = dS^T q (dS already carries the scale) */
-    rc = cu_gemm_strided_batched(cm, 0, 0, hs, T, T, 1.0f, k, hs, sT, cm->d_attn, T, sTT, 0.0f,
-                                 dq, hs, sT, B * NH);
+    pv_gemm_plan p3 = pv_plan_att_dq(T, hs, bh);
+    rc = cu_gemm(cm, &p3, k, cm->d_attn, dq);
     if (rc) return rc;
-    rc = cu_gemm_strided_batched(cm, 0, 1, hs, T, T, 1.0f, q, hs, sT, cm->d_attn, T, sTT, 0.0f,
-                                 dk, hs, sT, B * NH);
+    pv_gemm_plan p4 = pv_plan_att_dk(T, hs, bh);
+    rc = cu_gemm(cm, &p4, q, cm->d_attn, dk);
     if (rc) return rc;
     permute_qkv_backward_kernel<<<grid_for(n, 256), 256, 0, s>>>(dqkv, cm->d_qkvr, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv_backward");

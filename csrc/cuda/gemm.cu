@@ -1,8 +1,7 @@
 /* GEMMs through cuBLAS, and the CUDA engine's error reporting.
  *
- * Row-major data, column-major cuBLAS: a row-major (M,N) matrix is a column-major (N,M) one, so
- * out = inp @ w^T becomes out^T = w^T' ... written below with llm.c's argument order (see
- * karpathy/llm.c train_gpt2.cu, matmul_forward/backward), which these calls follow.
+ * Row-major data, column-major cuBLAS: every transpose, leading dimension and stride is decided
+ * in gemm_plan.h (and checked there on the host), not here.
  *
  * The precision mode picks cuBLAS's compute type: float32, TF32 tensor cores, or bf16 tensor
  * cores with float32 accumulation. Operands and results stay float32 in memory in every mode.
@@ -54,31 +53,29 @@ static cublasComputeType_t compute_type(int precision) {
     }
 }
 
-/* C(m,n) = alpha op(A) op(B) + beta C, column-major, float32 in memory */
-static int gemm(pv_cuda_model *cm, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                int ldc) {
-    PV_CUBLAS_CHECK(cublasGemmEx((cublasHandle_t)cm->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F,
-                                 lda, B, CUDA_R_32F, ldb, &beta, C, CUDA_R_32F, ldc,
-                                 compute_type(cm->precision), CUBLAS_GEMM_DEFAULT));
-    return PV_OK;
-}
-
-extern "C" int cu_gemm_strided_batched(pv_cuda_model *cm, int ta, int tb, int m, int n, int k,
-                                       float alpha, const float *A, int lda, long long sA,
-                                       const float *B, int ldb, long long sB, float beta,
-                                       float *C, int ldc, long long sC, int batch) {
+/* one planned product: the plan (gemm_plan.h) holds every transpose, leading dimension and
+ * stride; this only hands it to cuBLAS in the model's precision */
+extern "C" int cu_gemm(pv_cuda_model *cm, const pv_gemm_plan *p, const float *A, const float *B,
+                       float *C) {
+    cublasOperation_t ta = p->ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = p->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (p->batch == 1) {
+        PV_CUBLAS_CHECK(cublasGemmEx((cublasHandle_t)cm->blas, ta, tb, p->m, p->n, p->k, &p->alpha,
+                                     A, CUDA_R_32F, p->lda, B, CUDA_R_32F, p->ldb, &p->beta, C,
+                                     CUDA_R_32F, p->ldc, compute_type(cm->precision),
+                                     CUBLAS_GEMM_DEFAULT));
+        return PV_OK;
+    }
     PV_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        (cublasHandle_t)cm->blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-        m, n, k, &alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F, ldb, sB, &beta, C, CUDA_R_32F,
-        ldc, sC, batch, compute_type(cm->precision), CUBLAS_GEMM_DEFAULT));
+        (cublasHandle_t)cm->blas, ta, tb, p->m, p->n, p->k, &p->alpha, A, CUDA_R_32F, p->lda, p->sA,
+        B, CUDA_R_32F, p->ldb, p->sB, &p->beta, C, CUDA_R_32F, p->ldc, p->sC, p->batch,
+        compute_type(cm->precision), CUBLAS_GEMM_DEFAULT));
     return PV_OK;
 }
 
 extern "C" int cu_matmul_forward(pv_cuda_model *cm, float *out, const float *inp, const float *w,
                                  const float *bias, const float *residual, int M, int K, int N) {
-    /* out^T (N,M) = w (N,K; column-major K x N, transposed) x inp^T (K,M) */
-    int rc = gemm(cm, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, 1.0f, w, K, inp, K, 0.0f, out, N);
+    pv_gemm_plan p = pv_plan_linear_forward(M, K, N);
+    int rc = cu_gemm(cm, &p, w, inp, out);
     if (rc) return rc;
     if (!bias && !residual) return PV_OK;
     return cu_bias_residual(out, bias, residual, M, N, (pv_stream)cm->stream);
@@ -89,13 +86,12 @@ extern "C" int cu_matmul_backward(pv_cuda_model *cm, float *dinp, float *dw, flo
                                   int K, int N, int accumulate) {
     int rc;
     if (dinp) {
-        /* dinp^T (K,M) = w^T (K,N) x dout^T (N,M) */
-        rc = gemm(cm, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, 1.0f, w, K, dout, N,
-                  accumulate ? 1.0f : 0.0f, dinp, K);
+        pv_gemm_plan p = pv_plan_linear_dinp(M, K, N, accumulate);
+        rc = cu_gemm(cm, &p, w, dout, dinp);
         if (rc) return rc;
     }
-    /* dw^T (K,N) = inp^T (K,M) x dout (M,N) */
-    rc = gemm(cm, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, 1.0f, inp, K, dout, N, 0.0f, dw, K);
+    pv_gemm_plan p = pv_plan_linear_dw(M, K, N);
+    rc = cu_gemm(cm, &p, inp, dout, dw);
     if (rc) return rc;
     if (dbias) return cu_bias_backward(dbias, dout, M, N, cm->scratch, (pv_stream)cm->stream);
     return PV_OK;

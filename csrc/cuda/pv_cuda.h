@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "../polyvit.h"
+#include "gemm_plan.h"
 
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
@@ -142,11 +143,9 @@ int cu_matmul_forward(struct pv_cuda_model *cm, float *out, const float *inp, co
 int cu_matmul_backward(struct pv_cuda_model *cm, float *dinp, float *dw, float *dbias,
                        const float *dout, const float *inp, const float *w, int M, int K, int N,
                        int accumulate);
-/* column-major strided batched GEMM (ta, tb: transpose flags), in the model's precision */
-int cu_gemm_strided_batched(struct pv_cuda_model *cm, int ta, int tb, int m, int n, int k,
-                            float alpha, const float *A, int lda, long long sA, const float *B,
-                            int ldb, long long sB, float beta, float *C, int ldc, long long sC,
-                            int batch);
+/* one planned product (gemm_plan.h): C = alpha op(A) op(B) + beta C, batched by the plan */
+int cu_gemm(struct pv_cuda_model *cm, const pv_gemm_plan *plan, const float *A, const float *B,
+            float *C);
 
 /* ---- the model ---------------------------------------------------------------------------- */
 typedef struct pv_cuda_model {
