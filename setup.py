@@ -116,6 +116,21 @@ def find_cublas(home):
     return None
 
 
+def find_cudart(home, extra_dirs):
+    """(lib dir, link args) for the CUDA runtime: static where the toolkit has libcudart_static.a
+    (importing polyvit._C_cuda then needs no libcudart.so), else the shared library."""
+    dirs = [os.path.join(home, d) for d in ("lib64", "targets/x86_64-linux/lib",
+                                              "targets/sbsa-linux/lib", "lib")] + extra_dirs
+    for d in dirs:
+        if os.path.exists(os.path.join(d, "libcudart_static.a")):
+            return d, ["-l:libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
+    for d in dirs:
+        shared = sorted(glob.glob(os.path.join(d, "libcudart.so*")), key=len)
+        if shared:
+            return d, [f"-l:{os.path.basename(shared[0])}"]
+    return None
+
+
 def cuda_archs():
     spec = os.environ.get("POLYVIT_CUDA_ARCH", "80;90")
     archs = [a.strip() for a in spec.replace(",", ";").split(";") if a.strip()]
@@ -145,6 +160,14 @@ def cuda_extension():
         print(f"polyvit: building without the CUDA engine ({what} not found)", file=sys.stderr)
         return None
     inc, lib, blas_libs = blas
+    rt = find_cudart(home, [lib])
+    if rt is None:
+        if mode == "1":
+            sys.exit(f"POLYVIT_CUDA=1 but the CUDA runtime library was not found under {home}")
+        print(f"polyvit: building without the CUDA engine (no libcudart under {home})",
+              file=sys.stderr)
+        return None
+    rt_dir, rt_libs = rt
     archs, _ = cuda_archs()
     ext = Extension(
         "polyvit._C_cuda",
@@ -152,11 +175,10 @@ def cuda_extension():
         include_dirs=["csrc", numpy.get_include(), os.path.join(home, "include"), inc],
         define_macros=[("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION"),
                        ("PV_CUDA_ARCHS", '"' + ";".join(archs) + '"')],
-        library_dirs=[lib, os.path.join(home, "lib64"), os.path.join(home, "lib")],
-        # the runtime is linked statically: importing polyvit._C_cuda needs no libcudart.so
-        extra_link_args=blas_libs + ["-l:libcudart_static.a", "-ldl", "-lrt", "-lpthread",
-                                     "-lstdc++"],
-        runtime_library_dirs=["$ORIGIN/../nvidia/cu13/lib", "$ORIGIN/../nvidia/cublas/lib", lib],
+        library_dirs=list(dict.fromkeys([lib, rt_dir])),
+        extra_link_args=blas_libs + rt_libs + ["-lstdc++"],
+        runtime_library_dirs=list(dict.fromkeys(["$ORIGIN/../nvidia/cu13/lib",
+                                                 "$ORIGIN/../nvidia/cublas/lib", lib, rt_dir])),
         extra_compile_args=["-std=c11", "-O2", "-Wall"],
         depends=glob.glob("csrc/cuda/*.h") + glob.glob("csrc/*.h"),
     )
