@@ -217,6 +217,12 @@ def run_polyvit(args) -> dict:
     losses = []
     train = timed(lambda: losses.append(model.train_step(x, labels=y, loss=loss, optimizer=opt)),
                   args.warmup, args.steps, sync)
+    # where one training step goes, op by op (stream drained around each op, so only shares)
+    profile = None
+    if hasattr(polyvit.cuda, "profile"):
+        polyvit.cuda.profile(enable=True, reset=True)
+        model.train_step(x, labels=y, loss=loss, optimizer=opt)
+        profile = polyvit.cuda.profile(enable=False, reset=True)
     if use_torch_mem:
         nbytes, how = free0 - torch.cuda.mem_get_info()[0], "cudaMemGetInfo difference"
     else:
@@ -224,6 +230,7 @@ def run_polyvit(args) -> dict:
     return {"config": cfg.to_dict(), "forward_s": fwd, "train_s": train, "device_bytes": nbytes,
             "memory_method": how, "logits_rel_diff_vs_timm_fp32": logit_err,
             "first_last_loss": [losses[0], losses[-1]], "build_s": build_s,
+            "op_profile_s": profile,
             "polyvit_build": polyvit.build_info()}
 
 

@@ -339,6 +339,34 @@ static PyObject *py_synchronize(PyObject *mod, PyObject *Py_UNUSED(ig)) {
     Py_RETURN_NONE;
 }
 
+/* profile(enable=None, reset=False) -> {op: seconds}, as polyvit._C.profile */
+static PyObject *py_profile(PyObject *mod, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"enable", "reset", NULL};
+    PyObject *enable = Py_None;
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &enable, &reset)) return NULL;
+    if (enable != Py_None) {
+        int on = PyObject_IsTrue(enable);
+        if (on < 0) return NULL;
+        pvc_profile_enable(on);
+    }
+    const char *names[PV_PROF_N];
+    double sec[PV_PROF_N];
+    int n = pvc_profile_read(names, sec, reset);
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(sec[i]);
+        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static PyObject *py_build_info(PyObject *mod, PyObject *Py_UNUSED(ig)) {
     int rt = 0, drv = 0, blas = 0;
     pvc_versions(&rt, &drv, &blas);
@@ -354,6 +382,8 @@ static PyObject *py_build_info(PyObject *mod, PyObject *Py_UNUSED(ig)) {
 static PyMethodDef module_methods[] = {
     {"device_count", py_device_count, METH_NOARGS, "(number of CUDA devices, reason when 0)"},
     {"device_info", py_device_info, METH_VARARGS, "device_info(i) -> name, capability, memory"},
+    {"profile", (PyCFunction)(void (*)(void))py_profile, METH_VARARGS | METH_KEYWORDS,
+     "profile(enable=None, reset=False) -> {op: seconds} (each op timed with the stream drained)"},
     {"synchronize", py_synchronize, METH_NOARGS, "wait for all work on the current device"},
     {"build_info", py_build_info, METH_NOARGS, "CUDA runtime, driver and cuBLAS versions"},
     {NULL}};

@@ -86,3 +86,10 @@ def _new_engine(config: Dict[str, Any], max_batch: int, ordinal: int):
     """A CUDA engine for the model (raises RuntimeError without a GPU, MemoryError when the
     model and its activations for max_batch images do not fit)."""
     return _require(ordinal).Engine(config, max_batch, ordinal)
+
+
+def profile(enable=None, reset: bool = False) -> Dict[str, float]:
+    """Seconds spent per op category by CUDA models since the last reset (``enable=True`` turns
+    timing on: the stream is drained around each op, so use it to see where a step goes, not to
+    time it). Same categories as ``polyvit._C.profile`` on the CPU."""
+    return dict(_load().profile(enable=enable, reset=reset))

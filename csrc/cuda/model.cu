@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pv_cuda.h"
 
@@ -20,6 +21,45 @@
         int rc_ = (x);            \
         if (rc_) return rc_;      \
     } while (0)
+
+/* ---- optional per-op timing (polyvit._C_cuda.profile): off unless asked for -----------------
+ * The stream is synchronised around each timed op, so the figures are each op's own time with
+ * the pipeline drained: for finding where a step goes, not for measuring a step. */
+static int prof_on = 0;
+static double prof_sec[PV_PROF_N];
+static const char *prof_names[PV_PROF_N] = {
+    "patch_embed", "layernorm", "matmul_qkv", "attention", "matmul_proj", "matmul_fc1",
+    "activation", "matmul_fc2", "head", "layernorm_bwd", "matmul_qkv_bwd", "attention_bwd",
+    "matmul_proj_bwd", "matmul_fc1_bwd", "activation_bwd", "matmul_fc2_bwd", "head_bwd",
+    "embed_bwd"};
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+#define PROF(cm, cat, stmt)                                                  \
+    do {                                                                     \
+        double t0_ = 0.0;                                                    \
+        if (prof_on) {                                                       \
+            PV_CUDA_CHECK(cudaStreamSynchronize(STREAM(cm)));                \
+            t0_ = now_s();                                                   \
+        }                                                                    \
+        stmt;                                                                \
+        if (prof_on) {                                                       \
+            PV_CUDA_CHECK(cudaStreamSynchronize(STREAM(cm)));                \
+            prof_sec[cat] += now_s() - t0_;                                  \
+        }                                                                    \
+    } while (0)
+
+extern "C" void pvc_profile_enable(int on) { prof_on = on; }
+extern "C" int pvc_profile_read(const char **names, double *sec, int reset) {
+    for (int i = 0; i < PV_PROF_N; i++) {
+        names[i] = prof_names[i];
+        sec[i] = prof_sec[i];
+        if (reset) prof_sec[i] = 0.0;
+    }
+    return PV_PROF_N;
+}
 
 /* ---- devices -------------------------------------------------------------------------------- */
 extern "C" int pvc_device_count(int *n) {
@@ -351,32 +391,41 @@ extern "C" int pvc_forward(pv_cuda_model *cm, const void *images, int is_u8, int
         TRY(cu_images_f32(cm->images, (const float *)cm->images_raw, cm->norm, cm->norm + Cin, B,
                           Cin, c->img_size, s));
 
-    TRY(cu_patch_im2col(m->patches, cm->images, B, Cin, c->img_size, c->patch_size, s));
-    TRY(cu_matmul_forward(cm, m->d_buf, m->patches, m->P.pe_w, m->P.pe_b, NULL, B * N,
-                          m->patch_dim, C));
-    TRY(cu_tokens_assemble(m->x0, m->d_buf, m->P.cls, m->P.pos, B, T, C, s));
+    PROF(cm, PV_PROF_EMBED, {
+        TRY(cu_patch_im2col(m->patches, cm->images, B, Cin, c->img_size, c->patch_size, s));
+        TRY(cu_matmul_forward(cm, m->d_buf, m->patches, m->P.pe_w, m->P.pe_b, NULL, B * N,
+                              m->patch_dim, C));
+        TRY(cu_tokens_assemble(m->x0, m->d_buf, m->P.cls, m->P.pos, B, T, C, s));
+    });
 
     const float *x = m->x0;
     for (int l = 0; l < c->depth; l++) {
         pv_block_acts *a = &m->blk[l];
         pv_block_params *p = &m->P.blk[l];
-        TRY(cu_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, (int)BT,
-                                 C, c->ln_eps, C, s));
-        TRY(cu_matmul_forward(cm, a->qkv, a->ln1, p->qkv_w, p->qkv_b, NULL, (int)BT, C, 3 * C));
-        TRY(cu_attention_forward(cm, a->attn_y, a->att, a->qkv, B));
-        TRY(cu_matmul_forward(cm, a->x_mid, a->attn_y, p->proj_w, p->proj_b, x, (int)BT, C, C));
-        TRY(cu_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, p->ln2_w, p->ln2_b,
-                                 (int)BT, C, c->ln_eps, C, s));
-        TRY(cu_matmul_forward(cm, a->h, a->ln2, p->fc1_w, p->fc1_b, NULL, (int)BT, C, H));
-        if (c->act[l] == PV_ACT_GELU)
-            TRY(cu_gelu_forward(a->a, a->h, BT * H, c->gelu_tanh, s));
-        else
-            TRY(cu_poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT, H,
-                                s));
-        TRY(cu_matmul_forward(cm, a->x_out, a->a, p->fc2_w, p->fc2_b, a->x_mid, (int)BT, H, C));
+        PROF(cm, PV_PROF_LN, TRY(cu_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w,
+                                                      p->ln1_b, (int)BT, C, c->ln_eps, C, s)));
+        PROF(cm, PV_PROF_QKV, TRY(cu_matmul_forward(cm, a->qkv, a->ln1, p->qkv_w, p->qkv_b, NULL,
+                                                    (int)BT, C, 3 * C)));
+        PROF(cm, PV_PROF_ATT, TRY(cu_attention_forward(cm, a->attn_y, a->att, a->qkv, B)));
+        PROF(cm, PV_PROF_PROJ, TRY(cu_matmul_forward(cm, a->x_mid, a->attn_y, p->proj_w, p->proj_b,
+                                                     x, (int)BT, C, C)));
+        PROF(cm, PV_PROF_LN, TRY(cu_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid,
+                                                      p->ln2_w, p->ln2_b, (int)BT, C, c->ln_eps,
+                                                      C, s)));
+        PROF(cm, PV_PROF_FC1, TRY(cu_matmul_forward(cm, a->h, a->ln2, p->fc1_w, p->fc1_b, NULL,
+                                                    (int)BT, C, H)));
+        PROF(cm, PV_PROF_ACT, {
+            if (c->act[l] == PV_ACT_GELU)
+                TRY(cu_gelu_forward(a->a, a->h, BT * H, c->gelu_tanh, s));
+            else
+                TRY(cu_poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT,
+                                    H, s));
+        });
+        PROF(cm, PV_PROF_FC2, TRY(cu_matmul_forward(cm, a->x_out, a->a, p->fc2_w, p->fc2_b,
+                                                    a->x_mid, (int)BT, H, C)));
         x = a->x_out;
     }
-    TRY(head_forward(cm, x, B));
+    PROF(cm, PV_PROF_HEAD, TRY(head_forward(cm, x, B)));
     size_t lb = (size_t)B * m->K * sizeof(float);
     PV_CUDA_CHECK(cudaMemcpyAsync(cm->host_pinned, m->logits, lb, cudaMemcpyDeviceToHost, s));
     PV_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -407,33 +456,46 @@ static int backward(pv_cuda_model *cm, int B) {
     int T = m->T, C = m->C, H = m->H, N = m->N;
     size_t BT = (size_t)B * T;
     const float *xL = m->blk[c->depth - 1].x_out;
-    TRY(head_backward(cm, cm->dlogits, xL, B));
+    PROF(cm, PV_PROF_HEAD_BWD, TRY(head_backward(cm, cm->dlogits, xL, B)));
     for (int l = c->depth - 1; l >= 0; l--) {
         pv_block_acts *a = &m->blk[l];
         pv_block_params *p = &m->P.blk[l], *g = &m->G.blk[l];
         const float *x_in = l ? m->blk[l - 1].x_out : m->x0;
-        TRY(cu_matmul_backward(cm, m->d_h, g->fc2_w, g->fc2_b, m->d_x, a->a, p->fc2_w, (int)BT, H,
-                               C, 0));
-        if (c->act[l] == PV_ACT_GELU)
-            TRY(cu_gelu_backward(m->d_h, a->h, m->d_h, BT * H, c->gelu_tanh, s));
-        else
-            TRY(cu_poly_backward(m->d_h, g->pa, g->pb, g->pc, g->ps, a->h, m->d_h, p->pa, p->pb,
-                                 p->pc, p->ps, c->poly_width[l], BT, H, cm->dscratch, s));
-        TRY(cu_matmul_backward(cm, m->d_buf, g->fc1_w, g->fc1_b, m->d_h, a->ln2, p->fc1_w, (int)BT,
-                               C, H, 0));
-        TRY(cu_layernorm_backward(m->d_x, g->ln2_w, g->ln2_b, m->d_buf, a->x_mid, p->ln2_w,
-                                  a->ln2_mean, a->ln2_rstd, (int)BT, C, C, C, cm->scratch, s));
-        TRY(cu_matmul_backward(cm, m->d_buf, g->proj_w, g->proj_b, m->d_x, a->attn_y, p->proj_w,
-                               (int)BT, C, C, 0));
-        TRY(cu_attention_backward(cm, m->d_qkv, m->d_buf, a->att, a->qkv, B));
-        TRY(cu_matmul_backward(cm, m->d_buf, g->qkv_w, g->qkv_b, m->d_qkv, a->ln1, p->qkv_w,
-                               (int)BT, C, 3 * C, 0));
-        TRY(cu_layernorm_backward(m->d_x, g->ln1_w, g->ln1_b, m->d_buf, x_in, p->ln1_w,
-                                  a->ln1_mean, a->ln1_rstd, (int)BT, C, C, C, cm->scratch, s));
+        PROF(cm, PV_PROF_FC2_BWD, TRY(cu_matmul_backward(cm, m->d_h, g->fc2_w, g->fc2_b, m->d_x,
+                                                         a->a, p->fc2_w, (int)BT, H, C, 0)));
+        PROF(cm, PV_PROF_ACT_BWD, {
+            if (c->act[l] == PV_ACT_GELU)
+                TRY(cu_gelu_backward(m->d_h, a->h, m->d_h, BT * H, c->gelu_tanh, s));
+            else
+                TRY(cu_poly_backward(m->d_h, g->pa, g->pb, g->pc, g->ps, a->h, m->d_h, p->pa,
+                                     p->pb, p->pc, p->ps, c->poly_width[l], BT, H, cm->dscratch,
+                                     s));
+        });
+        PROF(cm, PV_PROF_FC1_BWD, TRY(cu_matmul_backward(cm, m->d_buf, g->fc1_w, g->fc1_b, m->d_h,
+                                                         a->ln2, p->fc1_w, (int)BT, C, H, 0)));
+        PROF(cm, PV_PROF_LN_BWD,
+             TRY(cu_layernorm_backward(m->d_x, g->ln2_w, g->ln2_b, m->d_buf, a->x_mid, p->ln2_w,
+                                       a->ln2_mean, a->ln2_rstd, (int)BT, C, C, C, cm->scratch,
+                                       s)));
+        PROF(cm, PV_PROF_PROJ_BWD, TRY(cu_matmul_backward(cm, m->d_buf, g->proj_w, g->proj_b,
+                                                          m->d_x, a->attn_y, p->proj_w, (int)BT,
+                                                          C, C, 0)));
+        PROF(cm, PV_PROF_ATT_BWD,
+             TRY(cu_attention_backward(cm, m->d_qkv, m->d_buf, a->att, a->qkv, B)));
+        PROF(cm, PV_PROF_QKV_BWD, TRY(cu_matmul_backward(cm, m->d_buf, g->qkv_w, g->qkv_b,
+                                                         m->d_qkv, a->ln1, p->qkv_w, (int)BT, C,
+                                                         3 * C, 0)));
+        PROF(cm, PV_PROF_LN_BWD,
+             TRY(cu_layernorm_backward(m->d_x, g->ln1_w, g->ln1_b, m->d_buf, x_in, p->ln1_w,
+                                       a->ln1_mean, a->ln1_rstd, (int)BT, C, C, C, cm->scratch,
+                                       s)));
     }
-    TRY(cu_tokens_backward(m->G.cls, m->G.pos, m->d_buf, m->d_x, B, T, C, s));
-    return cu_matmul_backward(cm, NULL, m->G.pe_w, m->G.pe_b, m->d_buf, m->patches, m->P.pe_w,
-                              B * N, m->patch_dim, C, 0);
+    PROF(cm, PV_PROF_EMBED_BWD, {
+        TRY(cu_tokens_backward(m->G.cls, m->G.pos, m->d_buf, m->d_x, B, T, C, s));
+        TRY(cu_matmul_backward(cm, NULL, m->G.pe_w, m->G.pe_b, m->d_buf, m->patches, m->P.pe_w,
+                               B * N, m->patch_dim, C, 0));
+    });
+    return PV_OK;
 }
 
 extern "C" int pvc_backward(pv_cuda_model *cm, const float *dlogits_host, int B) {

@@ -201,6 +201,9 @@ int pvc_grad_scale(pv_cuda_model *cm, const pv_group_hp hp[4], float scale);
 int pvc_adamw_step(pv_cuda_model *cm, const pv_group_hp hp[4], float beta1, float beta2,
                    float eps, int t);
 int pvc_synchronize(pv_cuda_model *cm);
+/* per-op timing, the CPU engine's categories (polyvit.h PV_PROF_*) */
+void pvc_profile_enable(int on);
+int pvc_profile_read(const char **names, double *sec, int reset);
 /* every stream of the current device */
 int pvc_device_synchronize(void);
 
