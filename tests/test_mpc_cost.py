@@ -97,10 +97,131 @@ def test_the_model_meets_spu_on_whole_models_where_it_is_offered():
         assert fams["model_valid"] == (max(errs) <= 0.05), p
 
 
-def test_cheetah_is_refused_with_the_reason():
+def test_a_protocol_that_missed_the_bar_is_refused_with_the_reason(tmp_path):
+    import copy
+    import json
+
+    t = copy.deepcopy(cost_model.constants())
+    t["protocols"]["cheetah"] = dict(t["protocols"]["cheetah"], model_valid=False,
+                                     worst_model_error=0.31)
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps(t))
     m = polyvit.ViT.preset("vit_mini_patch4_32", depth=1, max_batch=1)
-    with pytest.raises(ValueError, match="step functions.*polyvit.mpc.run"):
-        cost(m, protocol="cheetah")
+    with pytest.raises(ValueError, match="31.0%.*step functions.*polyvit.mpc.run"):
+        cost(m, protocol="cheetah", constants_path=str(path))
+
+
+# ---- CHEETAH: the kernel model (polyvit.mpc.cheetah_model) -----------------------------------
+
+def test_cheetah_is_offered_and_met_spu_on_every_whole_model_checked():
+    k = cost_model.constants()["protocols"]["cheetah"]
+    assert k["model_valid"] and k["worst_model_error"] <= 0.05
+    checked = {(r["model"], r["config"], r["weights"]) for r in k["check"]}
+    assert {m for m, _, _ in checked} == {"tiny", "mini"} and len(checked) == 12
+    m = polyvit.ViT.preset("vit_mini_patch4_32", depth=2, max_batch=1)
+    e = cost(m, protocol="cheetah")
+    assert e.setup_bytes > 5e6 and e.total_bytes > e.setup_bytes
+    assert sum(e.by_kind.values()) + e.setup_bytes == pytest.approx(e.total_bytes)
+    assert cost(m, protocol="cheetah", weights="public").total_bytes < e.total_bytes
+
+
+def test_cheetah_vit_base_224_in_milliseconds():
+    from polyvit.config import preset_config
+
+    cfg = preset_config("vit_base_patch16_224")
+    cost(cfg, protocol="cheetah", batch=2)          # fills the packing-search cache
+    t = time.perf_counter()
+    e = cost(cfg, protocol="cheetah")
+    assert time.perf_counter() - t < 0.05
+    assert set(e.by_block) == {"embed+head"} | {str(i) for i in range(12)}
+    # tens of GB per party, most of it softmax and GELU (elementwise HE products and OT)
+    assert 1e10 < e.total_bytes < 1e11
+    assert e.by_kind["activation"] + e.by_kind["softmax"] > 0.8 * e.total_bytes
+
+
+def test_cheetah_dot_packing_matches_the_shapes_spu_logged():
+    from polyvit.mpc.cheetah_model import dot_ciphertexts, submat_shape
+
+    # SPU 0.9.5's own log lines ("CheetahDot ... 1@MxKxN => d0xd1xd2") on the tiny ViT
+    assert submat_shape(16, 48, 32) == (16, 32, 16)
+    assert submat_shape(17, 32, 96) == (17, 32, 15)
+    assert submat_shape(17, 128, 32) == (2, 128, 32)
+    assert submat_shape(17, 16, 17) == (17, 16, 17)
+    assert submat_shape(1, 32, 10) == (1, 32, 10)
+    assert dot_ciphertexts(16, 48, 32) == (2, 1, 0)       # 2 queries, 1 packed response
+    assert dot_ciphertexts(17, 16, 17) == (1, 1, 17 * 17)  # a lone response is not packed
+    # cost is by ciphertexts, not elements: the last session's two equal-cost products
+    k = cost_model.constants()["protocols"]["cheetah"]["kernel_model"]
+    from polyvit.mpc.cheetah_model import Pricer
+
+    samples = cost_model.constants()["protocols"]["cheetah"]["matmul_secret"]["samples"]
+    for (m, kk, n), s in zip([(16, 32, 24), (64, 32, 24), (16, 128, 24), (16, 32, 96)], samples):
+        b, _ = Pricer(k).dot(1, m, kk, n)
+        assert b == pytest.approx(s["bytes"], rel=0.01)     # all ~440 KB: 1 query + 1 response
+    # the batched sample: 12 products of 16x8 @ 8x16, each with a lone unpacked response
+    b, _ = Pricer(k).dot(12, 16, 8, 16)
+    assert b == pytest.approx(samples[5]["bytes"], rel=0.01)
+
+
+def test_cheetah_beaver_cache_is_shared_across_ops():
+    from polyvit.mpc.cheetah_model import Pricer
+
+    k = cost_model.constants()["protocols"]["cheetah"]["kernel_model"]
+    p = Pricer(k)
+    first, _ = p.call("mul_aa", 1000)       # fills the cache: one batch of 4096 triples
+    second, _ = p.call("mul_aa", 1000)      # served from it: only the openings
+    assert second == pytest.approx(16 * 1000)
+    assert first == pytest.approx(16 * 1000 + k["m1"])
+    big, _ = Pricer(k).call("mul_aa", 16384)   # direct, two halves of one ciphertext set each
+    assert big == pytest.approx(2 * k["m2"])
+
+
+def _spu():
+    try:
+        import spu  # noqa: F401
+    except ImportError:
+        pytest.skip("needs SecretFlow SPU (the mpc extra)")
+
+
+def test_cheetah_templates_make_the_kernels_spu_runs():
+    # the model's kernel calls for one op family against SPU's own per-kernel profile
+    _spu()
+    import numpy as np
+
+    from polyvit.mpc import jax_export as ex
+    from polyvit.mpc import spu_runtime as sr
+    from polyvit.mpc.cheetah_model import Pricer
+
+    k = cost_model.constants()["protocols"]["cheetah"]["kernel_model"]
+    x = np.random.default_rng(0).standard_normal((6, 17)).astype(np.float32)
+    _, rep = sr.execute(ex._softmax, [x], ["secret"], protocol="cheetah")
+    p = Pricer(k, log=True)
+    p.family("softmax", 6 * 17, 6, 17)
+    want = {}
+    for kern, _n in p.log:
+        want[kern] = want.get(kern, 0) + 1
+    got = {o.name: o.count for o in rep.ops("mpc", 0).values()}
+    for kern in ("square_s", "mul_aa", "trunc_a", "msb_a2b", "b2a", "a2b", "mul_a1b"):
+        assert got.get(kern, 0) == want.get(kern, 0), kern
+
+
+def test_cheetah_model_meets_spu_on_a_whole_vit():
+    _spu()
+    import numpy as np
+
+    from polyvit.mpc import jax_export as ex
+    from polyvit.mpc import spu_runtime as sr
+
+    m = polyvit.ViT.preset("vit_mini_patch4_32", seed=0, max_batch=1, embed_dim=32, depth=2,
+                           num_heads=2, img_size=16)
+    m.set_activation([1], "poly")
+    e = ex.export(m)
+    keys, params = list(e.params), list(e.params.values())
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    _, rep = sr.execute(lambda x, *p: e.fn(dict(zip(keys, p)), x), [x] + params,
+                        ["secret"] + ["public"] * len(params), protocol="cheetah")
+    est = cost(m, protocol="cheetah", weights="public")
+    assert est.total_bytes == pytest.approx(float(np.mean(rep.send_bytes)), rel=0.05)
 
 
 def test_the_readme_names_resolve_without_the_extra():

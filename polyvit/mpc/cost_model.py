@@ -16,8 +16,12 @@ version and the date, in ``polyvit/mpc/spu_constants.json``:
 - additions (biases, residuals) and reshapes are local: free.
 
 The model holds for SEMI2K and ABY3 (within 0.1% of SPU on whole ViTs). CHEETAH's costs are step
-functions of HE ciphertext packing and OT batch thresholds; a linear model misses them by ~30%,
-so ``cost`` refuses CHEETAH and points to ``polyvit.mpc.run`` / ``op_costs``, which measure it.
+functions of HE ciphertext packing, of a Beaver-triple cache and of OT pool refills; a linear
+model missed them by ~30%, so CHEETAH is priced kernel by kernel instead
+(``polyvit.mpc.cheetah_model``: each op's MPC kernels as SPU runs them, HE products by SPU's
+packing rules, the triple cache simulated across ops; constants from
+``bench/cheetah_calibrate.py`` under ``protocols.cheetah.kernel_model``). ``cost`` offers a
+protocol only where the whole-model check found it within 5% of SPU (``model_valid``).
 
 Bytes are what one party sends (the mean over the parties); rounds are SPU's send actions per
 party, summed over the ops (the forward is a chain). Each op is priced at its marginal cost
@@ -28,6 +32,7 @@ with SPU's measured totals on whole models.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -53,6 +58,7 @@ class OpShape:
     b: int = 0                  # matmul: |B|; layernorm/softmax: rows
     out: int = 0                # matmul: |out|; softmax: row length
     b_is_param: bool = False    # matmul: B is a weight; poly: the coefficients are parameters
+    dims: Tuple[int, ...] = ()  # matmul: (products, m, k, n): that many (m x k) @ (k x n)
 
 
 def op_shapes(config, batch: int = 1) -> List[OpShape]:
@@ -66,7 +72,8 @@ def op_shapes(config, batch: int = 1) -> List[OpShape]:
 
     def mm(name, block, rows, k, n, param=True, batch_heads=1):
         ops.append(OpShape(name, "matmul", block, "matmul", batch_heads * rows * k,
-                           (1 if param else batch_heads) * k * n, batch_heads * rows * n, param))
+                           (1 if param else batch_heads) * k * n, batch_heads * rows * n, param,
+                           (batch_heads, rows, k, n)))
 
     def ln(name, block, rows):
         ops.append(OpShape(name, "layernorm", block, "layernorm", rows * D, rows, D))
@@ -178,7 +185,7 @@ def _check(protocol: str, field: int, frac_bits: int, weights: str, batch: int,
         worst = k.get("worst_model_error")
         raise ValueError(
             f"the analytic model does not hold for {protocol!r}: on whole ViTs run under SPU it "
-            f"missed the measured bytes by up to {100 * worst:.0f}% (its costs are step functions "
+            f"missed the measured bytes by up to {100 * worst:.1f}% (its costs are step functions "
             f"of HE ciphertext packing and OT batch sizes, not linear in the element counts). "
             f"Measure instead with polyvit.mpc.run(model, images, protocol={protocol!r}) or "
             f"polyvit.mpc.inference.op_costs(model, protocol={protocol!r})"
@@ -204,9 +211,18 @@ def cost(model_or_config: Any, protocol: str = "semi2k", batch: int = 1,
     rounds_by_block: Dict[str, Dict[str, float]] = {}
     # the protocol's one-time setup inside a run (CHEETAH's OT/HE bootstrap; ~0 otherwise)
     setup = k.get("setup", {"bytes": 0.0, "rounds": 0.0})
+    price = functools.partial(_price, k=k, weights=weights)
+    if "kernel_model" in k:
+        # CHEETAH: kernel by kernel, with the state SPU keeps across ops (polyvit.mpc.cheetah_model)
+        from . import cheetah_model
+
+        km = k["kernel_model"]
+        setup = km["setup"]
+        pricer = cheetah_model.Pricer(km)
+        price = functools.partial(cheetah_model.price_op, pricer, weights=weights)
     tb, tr = float(setup["bytes"]), float(setup["rounds"])
     for op in op_shapes(cfg, batch):
-        b, r = _price(op, k, weights)
+        b, r = price(op)
         rows.append(dict(name=op.name, kind=op.kind, block=op.block, family=op.family,
                          bytes=b, rounds=r))
         tb += b
