@@ -6,15 +6,21 @@ machines without a GPU, a driver or even the CUDA extension.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Dict
 
 _module = None
 _import_error = None
 
 
+# POLYVIT_CUDA_MODULE=<path of a _C_cuda*.so>: load the CUDA engine from that file instead,
+# e.g. the CPU emulation build that tests/test_cuda_emulated.py makes (tests/cuda_emu/).
+_OVERRIDE = "POLYVIT_CUDA_MODULE"
+
+
 def is_built() -> bool:
     """True when polyvit was built with its CUDA engine (nvcc was found at install time)."""
-    return importlib.util.find_spec("polyvit._C_cuda") is not None
+    return bool(os.environ.get(_OVERRIDE)) or importlib.util.find_spec("polyvit._C_cuda") is not None
 
 
 def _load():
@@ -23,6 +29,15 @@ def _load():
         return _module
     if _import_error is not None:
         raise _import_error
+    path = os.environ.get(_OVERRIDE)
+    if path:
+        spec = importlib.util.spec_from_file_location("polyvit._C_cuda", path)
+        if spec is None or not os.path.isfile(path):
+            raise RuntimeError(f"{_OVERRIDE}={path}: no such extension module")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _module = mod
+        return _module
     if not is_built():
         _import_error = RuntimeError(
             "polyvit was installed without its CUDA engine (nvcc was not found at build time); "

@@ -112,20 +112,20 @@ extern "C" int cu_attention_forward(pv_cuda_model *cm, float *y, float *att, con
     size_t n = (size_t)B * NH * T * hs;
     float scale = 1.0f / sqrtf((float)hs);
     float *q = cm->qkvr, *k = q + n, *v = k + n;
-    permute_qkv_kernel<<<grid_for(n, 256), 256, 0, s>>>(cm->qkvr, qkv, B, T, NH, hs);
+    PV_LAUNCH(permute_qkv_kernel, grid_for(n, 256), 256, 0, s)(cm->qkvr, qkv, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv");
     /* S (T,T) row-major per (b,h): S[t1][t2] = scale * q[t1] . k[t2] */
     pv_gemm_plan ps = pv_plan_att_scores(T, hs, B * NH, scale);
     int rc = cu_gemm(cm, &ps, k, q, att);
     if (rc) return rc;
     size_t rows = (size_t)B * NH * T;
-    softmax_rows_kernel<<<grid_for(rows * 32, 256), 256, 0, s>>>(att, rows, T);
+    PV_LAUNCH(softmax_rows_kernel, grid_for(rows * 32, 256), 256, 0, s)(att, rows, T);
     PV_LAUNCH_CHECK("softmax_rows");
     /* vacc (T,hs) per (b,h) = P v */
     pv_gemm_plan pv_ = pv_plan_att_values(T, hs, B * NH);
     rc = cu_gemm(cm, &pv_, v, att, cm->vacc);
     if (rc) return rc;
-    heads_kernel<<<grid_for(n, 256), 256, 0, s>>>(y, cm->vacc, B, T, NH, hs, 0);
+    PV_LAUNCH(heads_kernel, grid_for(n, 256), 256, 0, s)(y, cm->vacc, B, T, NH, hs, 0);
     PV_LAUNCH_CHECK("heads_to_tokens");
     return PV_OK;
 }
@@ -140,9 +140,9 @@ extern "C" int cu_attention_backward(pv_cuda_model *cm, float *dqkv, const float
     float *q = cm->qkvr, *k = q + n, *v = k + n;
     float *dq = cm->d_qkvr, *dk = dq + n, *dv = dk + n;
     /* q, k, v of this block again (the buffer holds the last block's forward) */
-    permute_qkv_kernel<<<grid_for(n, 256), 256, 0, s>>>(cm->qkvr, qkv, B, T, NH, hs);
+    PV_LAUNCH(permute_qkv_kernel, grid_for(n, 256), 256, 0, s)(cm->qkvr, qkv, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv");
-    heads_kernel<<<grid_for(n, 256), 256, 0, s>>>(cm->vacc, dy, B, T, NH, hs, 1);
+    PV_LAUNCH(heads_kernel, grid_for(n, 256), 256, 0, s)(cm->vacc, dy, B, T, NH, hs, 1);
     PV_LAUNCH_CHECK("tokens_to_heads");
     int bh = B * NH;
     /* dP (T,T) = dvacc v^T */
@@ -154,7 +154,7 @@ extern "C" int cu_attention_backward(pv_cuda_model *cm, float *dqkv, const float
     rc = cu_gemm(cm, &p2, cm->vacc, att, dv);
     if (rc) return rc;
     size_t rows = (size_t)B * NH * T;
-    softmax_backward_kernel<<<grid_for(rows * 32, 256), 256, 0, s>>>(cm->d_attn, att, rows, T,
+    PV_LAUNCH(softmax_backward_kernel, grid_for(rows * 32, 256), 256, 0, s)(cm->d_attn, att, rows, T,
                                                                      scale);
     PV_LAUNCH_CHECK("softmax_backward");
     /* dq = dS k, dk = dS^T q (dS already carries the scale) */
@@ -164,7 +164,7 @@ extern "C" int cu_attention_backward(pv_cuda_model *cm, float *dqkv, const float
     pv_gemm_plan p4 = pv_plan_att_dk(T, hs, bh);
     rc = cu_gemm(cm, &p4, q, cm->d_attn, dk);
     if (rc) return rc;
-    permute_qkv_backward_kernel<<<grid_for(n, 256), 256, 0, s>>>(dqkv, cm->d_qkvr, B, T, NH, hs);
+    PV_LAUNCH(permute_qkv_backward_kernel, grid_for(n, 256), 256, 0, s)(dqkv, cm->d_qkvr, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv_backward");
     return PV_OK;
 }

@@ -103,7 +103,7 @@ static int launch_elementwise(const char *name, const Op &op, size_t n, bool vec
     if (n == 0) return PV_OK;
     size_t n4 = vec ? n / 4 : 0;
     size_t work = n4 + (n - 4 * n4);
-    k_elementwise<Op><<<blocks_for(work, EW_THREADS), EW_THREADS, 0, s>>>(op, n4, n);
+    PV_LAUNCH(k_elementwise<Op>, blocks_for(work, EW_THREADS), EW_THREADS, 0, s)(op, n4, n);
     PV_LAUNCH_CHECK(name);
     return PV_OK;
 }
@@ -218,19 +218,20 @@ static int colsum_run(const char *name, const F &f, size_t rows, int N,
     const unsigned gy = ntiles < 65535 ? (unsigned)ntiles : 65535u; /* k_colsum loops over tiles */
     const dim3 block(COLSUM_COLS, COLSUM_LANES);
     if (nchunks == 1) {
-        k_colsum<F><<<dim3(1, gy), block, 0, s>>>(f, rows, COLSUM_CHUNK, N, out);
+        PV_LAUNCH(k_colsum<F>, dim3(1, gy), block, 0, s)(f, rows, COLSUM_CHUNK, N, out);
         PV_LAUNCH_CHECK(name);
         return PV_OK;
     }
     OutPtrs<Acc, F::NQ> part;
     for (int q = 0; q < F::NQ; q++) part.p[q] = scratch + (size_t)q * nchunks * N;
-    k_colsum<F><<<dim3((unsigned)nchunks, gy), block, 0, s>>>(f, rows, COLSUM_CHUNK, N, part);
+    PV_LAUNCH(k_colsum<F>, dim3((unsigned)nchunks, gy), block, 0, s)(f, rows, COLSUM_CHUNK, N, part);
     PV_LAUNCH_CHECK(name);
-    PartialF<Acc, F::NQ> pf;
+    typedef PartialF<Acc, F::NQ> PartialF_t; /* a name without commas, for PV_LAUNCH */
+    PartialF_t pf;
     pf.p = scratch;
     pf.qstride = nchunks * (size_t)N;
     pf.N = N;
-    k_colsum<PartialF<Acc, F::NQ>><<<dim3(1, gy), block, 0, s>>>(pf, nchunks, nchunks, N, out);
+    PV_LAUNCH(k_colsum<PartialF_t>, dim3(1, gy), block, 0, s)(pf, nchunks, nchunks, N, out);
     PV_LAUNCH_CHECK("colsum_partials");
     return PV_OK;
 }
@@ -598,7 +599,7 @@ extern "C" int cu_layernorm_forward(float *out, float *mean, float *rstd, const 
     if (rows <= 0 || C <= 0) return PV_OK;
     int vec = C % 4 == 0 && in_stride % 4 == 0 && aligned16(out) && aligned16(inp) &&
               aligned16(w) && aligned16(b);
-    k_layernorm_forward<<<ln_blocks(rows), LN_THREADS, 0, s>>>(out, mean, rstd, inp, w, b, rows, C,
+    PV_LAUNCH(k_layernorm_forward, ln_blocks(rows), LN_THREADS, 0, s)(out, mean, rstd, inp, w, b, rows, C,
                                                                eps, in_stride, vec);
     PV_LAUNCH_CHECK("layernorm_forward");
     return PV_OK;
@@ -705,7 +706,7 @@ extern "C" int cu_layernorm_backward(float *dinp, float *dw, float *db, const fl
     }
     int vec = C % 4 == 0 && in_stride % 4 == 0 && dinp_stride % 4 == 0 && aligned16(dinp) &&
               aligned16(dout) && aligned16(inp) && aligned16(w);
-    k_layernorm_backward_dx<<<ln_blocks(rows), LN_THREADS, 0, s>>>(
+    PV_LAUNCH(k_layernorm_backward_dx, ln_blocks(rows), LN_THREADS, 0, s)(
         dinp, dout, inp, w, mean, rstd, rows, C, in_stride, dinp_stride, vec);
     PV_LAUNCH_CHECK("layernorm_backward_dx");
     return PV_OK;
@@ -981,7 +982,7 @@ extern "C" int cu_poly_backward(float *dinp, float *da, float *db, float *dc, fl
     if (rc) return rc;
     /* 2. da, db, dc, ds from the sums */
     unsigned nb = width1 ? 1u : blocks_for((size_t)H, POLY_FINAL_THREADS);
-    k_poly_coef_final<<<nb, POLY_FINAL_THREADS, 0, s>>>(da, db, dc, ds, acc, a, b, c, sc, width1,
+    PV_LAUNCH(k_poly_coef_final, nb, POLY_FINAL_THREADS, 0, s)(da, db, dc, ds, acc, a, b, c, sc, width1,
                                                         H);
     PV_LAUNCH_CHECK("poly_coef_final");
     /* 3. the input gradient */
@@ -1170,10 +1171,10 @@ extern "C" int cu_grad_sumsq(double *out, const float *g, const uint8_t *group_o
     }
     const size_t nb = sumsq_blocks(n);
     const size_t n4 = aligned16(g) ? n / 4 : 0;
-    k_sumsq_partial<<<(unsigned)nb, SUMSQ_THREADS, 0, s>>>(scratch, g, group_of, n, n4,
+    PV_LAUNCH(k_sumsq_partial, (unsigned)nb, SUMSQ_THREADS, 0, s)(scratch, g, group_of, n, n4,
                                                            frozen_mask(hp));
     PV_LAUNCH_CHECK("grad_sumsq_partial");
-    k_sumsq_final<<<1, SUMSQ_THREADS, 0, s>>>(out, scratch, (int)nb);
+    PV_LAUNCH(k_sumsq_final, 1, SUMSQ_THREADS, 0, s)(out, scratch, (int)nb);
     PV_LAUNCH_CHECK("grad_sumsq_final");
     return PV_OK;
 }

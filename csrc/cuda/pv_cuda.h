@@ -27,6 +27,15 @@ typedef cudaStream_t pv_stream;
 typedef struct CUstream_st *pv_stream;
 #endif
 
+/* A kernel launch, written PV_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...): nvcc's
+ * <<<>>> here; in the CPU emulation build (tests/cuda_emu/, compiled as plain C++) the
+ * emulator's launcher, which runs every thread of every block on the host. */
+#ifdef __CUDACC__
+#define PV_LAUNCH(k, grid, block, shmem, stream) k<<<grid, block, shmem, stream>>>
+#elif defined(PV_CUDA_EMULATION)
+#define PV_LAUNCH(k, grid, block, shmem, stream) pv_emu_launch(k, grid, block, shmem, stream)
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
