@@ -23,15 +23,60 @@ dim3 blockDim, gridDim;
 namespace {
 
 enum State { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
+
+/* Switching coroutines: on x86-64 a few instructions that save the callee-saved registers and
+ * the stack pointer (ucontext's swapcontext makes a system call per switch, which made the
+ * emulator ten times slower); elsewhere ucontext. */
+#if defined(__x86_64__) && defined(__linux__)
+#define PV_EMU_FAST_SWITCH 1
+extern "C" void pv_emu_switch(void **save_sp, void *load_sp);
+asm(R"(
+    .text
+    .globl pv_emu_switch
+    .type pv_emu_switch, @function
+pv_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size pv_emu_switch, .-pv_emu_switch
+)");
+#endif
+
 struct Thread {
+#ifdef PV_EMU_FAST_SWITCH
+    void *sp;
+#else
     ucontext_t ctx;
+#endif
     State st;
     char *stack;
 };
 
 const size_t STACK_BYTES = 256 * 1024;
 std::vector<Thread> threads;
+#ifdef PV_EMU_FAST_SWITCH
+void *scheduler_sp;
+#else
 ucontext_t scheduler;
+#endif
 int current = -1;
 pv_emu_body g_body;
 void *g_closure;
@@ -49,15 +94,52 @@ cudaError_t fail(cudaError_t e, const char *fmt, ...) {
     return e;
 }
 
+#ifdef PV_EMU_FAST_SWITCH
+void trampoline() {
+    g_body(g_closure);
+    threads[current].st = DONE;
+    pv_emu_switch(&threads[current].sp, scheduler_sp); /* never resumed */
+    abort();
+}
+
+/* a fresh stack that pv_emu_switch "returns" into trampoline() from */
+void start(Thread &th) {
+    uintptr_t top = ((uintptr_t)(th.stack + STACK_BYTES)) & ~(uintptr_t)15;
+    uint64_t *p = (uint64_t *)top;
+    *--p = 0;                        /* trampoline's return address slot: entry rsp = 8 mod 16 */
+    *--p = (uint64_t)(uintptr_t)&trampoline;
+    for (int r = 0; r < 6; r++) *--p = 0; /* rbp rbx r12 r13 r14 r15 */
+    *--p = 0x037F00001F80ull;        /* mxcsr (low 4 bytes), x87 control word (next 2) */
+    th.sp = p;
+}
+
+void resume(int t) { pv_emu_switch(&scheduler_sp, threads[t].sp); }
+
+void wait(State s) {
+    threads[current].st = s;
+    pv_emu_switch(&threads[current].sp, scheduler_sp);
+}
+#else
 void trampoline() {
     g_body(g_closure);
     threads[current].st = DONE; /* then uc_link returns to the scheduler */
 }
 
+void start(Thread &th) {
+    getcontext(&th.ctx);
+    th.ctx.uc_stack.ss_sp = th.stack;
+    th.ctx.uc_stack.ss_size = STACK_BYTES;
+    th.ctx.uc_link = &scheduler;
+    makecontext(&th.ctx, trampoline, 0);
+}
+
+void resume(int t) { swapcontext(&scheduler, &threads[t].ctx); }
+
 void wait(State s) {
     threads[current].st = s;
     swapcontext(&threads[current].ctx, &scheduler);
 }
+#endif
 
 void set_thread_index(int t) {
     threadIdx.x = t % blockDim.x;
@@ -68,20 +150,15 @@ void set_thread_index(int t) {
 /* one block; false when its barriers cannot complete */
 bool run_block(int n) {
     for (int t = 0; t < n; t++) {
-        Thread &th = threads[t];
-        getcontext(&th.ctx);
-        th.ctx.uc_stack.ss_sp = th.stack;
-        th.ctx.uc_stack.ss_size = STACK_BYTES;
-        th.ctx.uc_link = &scheduler;
-        makecontext(&th.ctx, trampoline, 0);
-        th.st = RUN;
+        start(threads[t]);
+        threads[t].st = RUN;
     }
     for (;;) {
         for (int t = 0; t < n; t++)
             if (threads[t].st == RUN) {
                 current = t;
                 set_thread_index(t);
-                swapcontext(&scheduler, &threads[t].ctx);
+                resume(t);
             }
         int live = 0, at_block = 0;
         for (int t = 0; t < n; t++) {
