@@ -9,6 +9,10 @@
  * Memory is host memory; streams run in order, synchronously. This checks the engine's logic:
  * indexing, launch shapes, reductions, orchestration. It cannot check timing, the memory model
  * of a real GPU, or cuBLAS itself (cublas_v2.h here computes the same products on the host).
+ * Blind spot: __shared__ variables are statics that keep their values from block to block, so
+ * a missing __syncthreads may read the previous block's value and go unnoticed (seen: a block
+ * sum whose stale and missing parts cancelled across blocks); compute-sanitizer's racecheck on
+ * a GPU is the tool for that.
  */
 #ifndef PV_EMU_CUDA_RUNTIME_H
 #define PV_EMU_CUDA_RUNTIME_H
