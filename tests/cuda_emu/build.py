@@ -17,7 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def build(out_dir: str, jobs: int = 2) -> str:
+def build(out_dir: str, jobs: int = 2, sanitize: str = "") -> str:
+    """Compile into out_dir; returns the module's path. sanitize: e.g. "address,undefined"
+    (then run Python with the sanitizer runtimes preloaded, as tools/sanitize.sh does)."""
     import numpy
 
     cxx = shutil.which("g++") or shutil.which("c++")
@@ -27,9 +29,13 @@ def build(out_dir: str, jobs: int = 2) -> str:
     os.makedirs(out_dir, exist_ok=True)
     csrc = os.path.join(ROOT, "csrc")
     cxxflags = ["-std=c++17", "-O1", "-g", "-fPIC", "-DPV_CUDA_EMULATION", "-I", HERE, "-I", csrc]
+    if sanitize:
+        cxxflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
     cflags = ["-std=c11", "-O1", "-g", "-fPIC", "-I", csrc, "-I", sysconfig.get_paths()["include"],
               "-I", numpy.get_include(), "-DNPY_TARGET_VERSION=NPY_1_22_API_VERSION",
               '-DPV_CUDA_ARCHS="cpu-emulator"']
+    if sanitize:
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
     jobs_ = []
     for src in sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu"))):
         jobs_.append([cxx, "-x", "c++"] + cxxflags + ["-c", src])
@@ -50,9 +56,12 @@ def build(out_dir: str, jobs: int = 2) -> str:
     with ThreadPoolExecutor(jobs) as ex:
         list(ex.map(run, jobs_))
     out = os.path.join(out_dir, "_C_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
-    run([cxx, "-shared", "-o", out] + objects)
+    run([cxx, "-shared", "-o", out] + objects + ([f"-fsanitize={sanitize}"] if sanitize else []))
     return out
 
 
 if __name__ == "__main__":
-    print(build(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build", "cuda_emu")))
+    args = [a for a in sys.argv[1:] if not a.startswith("--sanitize=")]
+    san = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--sanitize=")]
+    print(build(args[0] if args else os.path.join(ROOT, "build", "cuda_emu"),
+                sanitize=san[0] if san else ""))

@@ -310,8 +310,10 @@ cudaError_t cudaRuntimeGetVersion(int *v) {
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = NULL;
     if (bytes > mem_cap() - mem_used) return cudaErrorMemoryAllocation; /* not sticky */
-    Header *h = (Header *)aligned_alloc(256, 256 + (bytes + 255) / 256 * 256);
-    if (!h) return cudaErrorMemoryAllocation;
+    /* exactly header + bytes, so that a sanitizer build sees any access past the end */
+    void *raw = NULL;
+    if (posix_memalign(&raw, 256, 256 + (bytes ? bytes : 1))) return cudaErrorMemoryAllocation;
+    Header *h = (Header *)raw;
     h->bytes = bytes;
     mem_used += bytes;
     *p = (char *)h + 256;
