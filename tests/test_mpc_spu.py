@@ -130,7 +130,9 @@ def test_cheetah_and_the_128_bit_ring_run():
     x = _images(1)
     r = mpc.run(m, x, protocol="cheetah", per_op=False, progress=False)
     assert r.agreement == 1.0 and r.bytes_per_image > 0
-    assert "step functions" in r.estimate["unavailable"]     # no analytic model for CHEETAH
+    # CHEETAH's analytic model (kernel by kernel) agrees with what SPU measured on this run
+    assert "unavailable" not in r.estimate, r.estimate
+    assert abs(r.estimate["bytes_per_image"] - r.bytes_per_image) <= 0.05 * r.bytes_per_image
     assert any("dealer-free" in n for n in r.notes)
     r = mpc.run(m, x, field=128, frac_bits=30, per_op=False, progress=False)
     assert r.agreement == 1.0
