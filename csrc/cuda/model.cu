@@ -412,14 +412,15 @@ extern "C" int pvc_forward(pv_cuda_model *cm, const void *images, int is_u8, int
         PROF(cm, PV_PROF_LN, TRY(cu_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid,
                                                       p->ln2_w, p->ln2_b, (int)BT, C, c->ln_eps,
                                                       C, s)));
-        PROF(cm, PV_PROF_FC1, TRY(cu_matmul_forward(cm, a->h, a->ln2, p->fc1_w, p->fc1_b, NULL,
+        /* fc1 without its bias: the bias is added by the activation kernel (one pass) */
+        PROF(cm, PV_PROF_FC1, TRY(cu_matmul_forward(cm, a->h, a->ln2, p->fc1_w, NULL, NULL,
                                                     (int)BT, C, H)));
         PROF(cm, PV_PROF_ACT, {
             if (c->act[l] == PV_ACT_GELU)
-                TRY(cu_gelu_forward(a->a, a->h, BT * H, c->gelu_tanh, s));
+                TRY(cu_bias_gelu_forward(a->a, a->h, p->fc1_b, BT, H, c->gelu_tanh, s));
             else
-                TRY(cu_poly_forward(a->a, a->h, p->pa, p->pb, p->pc, p->ps, c->poly_width[l], BT,
-                                    H, s));
+                TRY(cu_bias_poly_forward(a->a, a->h, p->fc1_b, p->pa, p->pb, p->pc, p->ps,
+                                         c->poly_width[l], BT, H, s));
         });
         PROF(cm, PV_PROF_FC2, TRY(cu_matmul_forward(cm, a->x_out, a->a, p->fc2_w, p->fc2_b,
                                                     a->x_mid, (int)BT, H, C)));

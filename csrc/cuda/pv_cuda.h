@@ -99,6 +99,12 @@ int cu_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, 
 size_t cu_layernorm_backward_scratch(int rows, int C); /* floats */
 
 int cu_gelu_forward(float *out, const float *inp, size_t n, int tanh_form, pv_stream s);
+/* fc1's bias fused in: h (rows x H) += bias (kept), out = act(h); one pass instead of two */
+int cu_bias_gelu_forward(float *out, float *h, const float *bias, size_t rows, int H,
+                         int tanh_form, pv_stream s);
+int cu_bias_poly_forward(float *out, float *h, const float *bias, const float *a, const float *b,
+                         const float *c, const float *sc, int width, size_t rows, int H,
+                         pv_stream s);
 /* dinp may == dout */
 int cu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int tanh_form,
                      pv_stream s);
