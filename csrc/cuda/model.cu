@@ -398,20 +398,23 @@ extern "C" int pvc_forward(pv_cuda_model *cm, const void *images, int is_u8, int
         TRY(cu_tokens_assemble(m->x0, m->d_buf, m->P.cls, m->P.pos, B, T, C, s));
     });
 
+    /* Each residual add is fused into the LayerNorm that reads it: proj's bias + residual into
+     * norm2, fc2's into the next block's norm1 (the last fc2's into a plain bias kernel). */
+    PROF(cm, PV_PROF_LN, TRY(cu_layernorm_forward(m->blk[0].ln1, m->blk[0].ln1_mean,
+                                                  m->blk[0].ln1_rstd, m->x0, m->P.blk[0].ln1_w,
+                                                  m->P.blk[0].ln1_b, (int)BT, C, c->ln_eps, C, s)));
     const float *x = m->x0;
     for (int l = 0; l < c->depth; l++) {
         pv_block_acts *a = &m->blk[l];
         pv_block_params *p = &m->P.blk[l];
-        PROF(cm, PV_PROF_LN, TRY(cu_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w,
-                                                      p->ln1_b, (int)BT, C, c->ln_eps, C, s)));
         PROF(cm, PV_PROF_QKV, TRY(cu_matmul_forward(cm, a->qkv, a->ln1, p->qkv_w, p->qkv_b, NULL,
                                                     (int)BT, C, 3 * C)));
         PROF(cm, PV_PROF_ATT, TRY(cu_attention_forward(cm, a->attn_y, a->att, a->qkv, B)));
-        PROF(cm, PV_PROF_PROJ, TRY(cu_matmul_forward(cm, a->x_mid, a->attn_y, p->proj_w, p->proj_b,
-                                                     x, (int)BT, C, C)));
-        PROF(cm, PV_PROF_LN, TRY(cu_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid,
-                                                      p->ln2_w, p->ln2_b, (int)BT, C, c->ln_eps,
-                                                      C, s)));
+        PROF(cm, PV_PROF_PROJ, TRY(cu_matmul_forward(cm, a->x_mid, a->attn_y, p->proj_w, NULL,
+                                                     NULL, (int)BT, C, C)));
+        PROF(cm, PV_PROF_LN, TRY(cu_residual_layernorm_forward(
+                                 a->x_mid, a->ln2, a->ln2_mean, a->ln2_rstd, p->proj_b, x,
+                                 p->ln2_w, p->ln2_b, (int)BT, C, c->ln_eps, s)));
         /* fc1 without its bias: the bias is added by the activation kernel (one pass) */
         PROF(cm, PV_PROF_FC1, TRY(cu_matmul_forward(cm, a->h, a->ln2, p->fc1_w, NULL, NULL,
                                                     (int)BT, C, H)));
@@ -422,8 +425,18 @@ extern "C" int pvc_forward(pv_cuda_model *cm, const void *images, int is_u8, int
                 TRY(cu_bias_poly_forward(a->a, a->h, p->fc1_b, p->pa, p->pb, p->pc, p->ps,
                                          c->poly_width[l], BT, H, s));
         });
-        PROF(cm, PV_PROF_FC2, TRY(cu_matmul_forward(cm, a->x_out, a->a, p->fc2_w, p->fc2_b,
-                                                    a->x_mid, (int)BT, H, C)));
+        PROF(cm, PV_PROF_FC2, TRY(cu_matmul_forward(cm, a->x_out, a->a, p->fc2_w, NULL, NULL,
+                                                    (int)BT, H, C)));
+        if (l + 1 < c->depth) {
+            pv_block_acts *na = &m->blk[l + 1];
+            pv_block_params *np = &m->P.blk[l + 1];
+            PROF(cm, PV_PROF_LN, TRY(cu_residual_layernorm_forward(
+                                     a->x_out, na->ln1, na->ln1_mean, na->ln1_rstd, p->fc2_b,
+                                     a->x_mid, np->ln1_w, np->ln1_b, (int)BT, C, c->ln_eps, s)));
+        } else {
+            PROF(cm, PV_PROF_FC2, TRY(cu_bias_residual(a->x_out, p->fc2_b, a->x_mid, (int)BT, C,
+                                                       s)));
+        }
         x = a->x_out;
     }
     PROF(cm, PV_PROF_HEAD, TRY(head_forward(cm, x, B)));

@@ -534,13 +534,30 @@ extern "C" int cu_bias_backward(float *dbias, const float *dout, int M, int N, f
 
 __global__ void __launch_bounds__(LN_THREADS)
     k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                        const float *b, int rows, int C, float eps, size_t in_stride, int vec) {
+                        const float *b, int rows, int C, float eps, size_t in_stride, int vec,
+                        float *xres, const float *rbias, const float *res) {
     const int lane = threadIdx.x & 31;
     const int C4 = C >> 2;
     for (size_t row = (size_t)blockIdx.x * LN_ROWS_PER_BLOCK + (threadIdx.x >> 5);
          row < (size_t)rows; row += (size_t)gridDim.x * LN_ROWS_PER_BLOCK) {
         const float *x = inp + row * in_stride;
         float *o = out + row * (size_t)C;
+        if (xres) {
+            /* fused residual (cu_residual_layernorm_forward): x = gemm + (residual + bias), in
+             * place, each lane on exactly the elements it reads again below (no sync needed);
+             * the expression of cu_bias_residual */
+            float *xr = xres + row * (size_t)C;
+            const float *rr = res + row * (size_t)C;
+            if (vec) {
+                for (int k = lane; k < C4; k += 32) {
+                    float4 v = ld4(xr, k), r = ld4(rr, k), bb = ld4(rbias, k);
+                    st4(xr, k, make_float4(v.x + (r.x + bb.x), v.y + (r.y + bb.y),
+                                           v.z + (r.z + bb.z), v.w + (r.w + bb.w)));
+                }
+            } else {
+                for (int k = lane; k < C; k += 32) xr[k] = xr[k] + (rr[k] + rbias[k]);
+            }
+        }
         float sum = 0.f;
         if (vec) {
             for (int k = lane; k < C4; k += 32) {
@@ -599,9 +616,23 @@ extern "C" int cu_layernorm_forward(float *out, float *mean, float *rstd, const 
     if (rows <= 0 || C <= 0) return PV_OK;
     int vec = C % 4 == 0 && in_stride % 4 == 0 && aligned16(out) && aligned16(inp) &&
               aligned16(w) && aligned16(b);
-    PV_LAUNCH(k_layernorm_forward, ln_blocks(rows), LN_THREADS, 0, s)(out, mean, rstd, inp, w, b, rows, C,
-                                                               eps, in_stride, vec);
+    PV_LAUNCH(k_layernorm_forward, ln_blocks(rows), LN_THREADS, 0, s)(
+        out, mean, rstd, inp, w, b, rows, C, eps, in_stride, vec, (float *)NULL,
+        (const float *)NULL, (const float *)NULL);
     PV_LAUNCH_CHECK("layernorm_forward");
+    return PV_OK;
+}
+
+extern "C" int cu_residual_layernorm_forward(float *x, float *out, float *mean, float *rstd,
+                                             const float *bias, const float *residual,
+                                             const float *w, const float *b, int rows, int C,
+                                             float eps, pv_stream s) {
+    if (rows <= 0 || C <= 0) return PV_OK;
+    int vec = C % 4 == 0 && aligned16(out) && aligned16(x) && aligned16(w) && aligned16(b) &&
+              aligned16(bias) && aligned16(residual);
+    PV_LAUNCH(k_layernorm_forward, ln_blocks(rows), LN_THREADS, 0, s)(
+        out, mean, rstd, x, w, b, rows, C, eps, (size_t)C, vec, x, bias, residual);
+    PV_LAUNCH_CHECK("residual_layernorm_forward");
     return PV_OK;
 }
 

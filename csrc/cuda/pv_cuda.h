@@ -93,6 +93,11 @@ size_t cu_bias_backward_scratch(int M, int N); /* floats */
 int cu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                          const float *b, int rows, int C, float eps, size_t in_stride,
                          pv_stream s);
+/* a GEMM's epilogue fused with the LayerNorm after it: x (rows, C) holds the GEMM output and
+ * becomes x + (residual + bias) (the residual stream, kept); out = LayerNorm(x) */
+int cu_residual_layernorm_forward(float *x, float *out, float *mean, float *rstd,
+                                  const float *bias, const float *residual, const float *w,
+                                  const float *b, int rows, int C, float eps, pv_stream s);
 int cu_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                           const float *w, const float *mean, const float *rstd, int rows, int C,
                           size_t in_stride, size_t dinp_stride, float *scratch, pv_stream s);
