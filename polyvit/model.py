@@ -293,7 +293,9 @@ class ViT:
 
     def _images(self, x, preprocess: Optional[bool] = None) -> np.ndarray:
         """Validate the whole batch; return it as float32 NCHW model input, or as uint8 to be
-        preprocessed chunk by chunk (so a large uint8 set never exists as float32 at once)."""
+        preprocessed chunk by chunk (so a large uint8 set never exists as float32 at once).
+        On a GPU, float images in [0, 1] with ``preprocess=True`` come back as they are (NCHW):
+        their normalisation runs on the device (``_device_input``)."""
         a = np.asarray(x) if not isinstance(x, np.ndarray) else x
         if a.dtype == np.uint8:
             if preprocess is False:
@@ -307,7 +309,11 @@ class ViT:
             raise TypeError(f"images must be uint8 (raw pixels, preprocessed by the model) or "
                             f"floating point (float32, NCHW); got dtype {a.dtype}")
         a = as_float32(a, "images")
-        if preprocess:
+        if preprocess and self._cuda is not None:
+            if self._image_layout(a.shape) == "nhwc":
+                a = a.transpose(0, 3, 1, 2)
+            a = np.ascontiguousarray(a)
+        elif preprocess:
             a = self.preprocess(a)
         elif self._image_layout(a.shape) != "nchw":
             c = self.config
@@ -336,7 +342,7 @@ class ViT:
         for s in range(0, B, mb):
             if self._cuda is not None:
                 eng = self._device(reads=("params",))
-                logits.append(eng.forward(*self._device_input(x[s:s + mb])))
+                logits.append(eng.forward(*self._device_input(x[s:s + mb], bool(preprocess))))
             else:
                 eng = self._engine
                 chunk = self.preprocess(x[s:s + mb]) if x.dtype == np.uint8 else x[s:s + mb]
@@ -351,19 +357,21 @@ class ViT:
 
     __call__ = forward
 
-    def _device_input(self, chunk: np.ndarray):
-        """(images, scale, shift) for the CUDA engine: uint8 pixels go up as they are and are
-        scaled and normalised there (x * scale + shift per channel); float32 input is ready."""
-        Cin = self.config.in_chans
-        if chunk.dtype != np.uint8:
+    def _device_input(self, chunk: np.ndarray, unit: bool = False):
+        """(images, scale, shift) for the CUDA engine, which computes x * scale + shift per
+        channel on the device: uint8 pixels go up as they are (scaled from 0..255 and
+        normalised there), float images in [0, 1] (``unit``) are normalised there, other
+        float32 input is model input already."""
+        Cin, c = self.config.in_chans, self.config
+        if chunk.dtype != np.uint8 and not unit:
             return (np.ascontiguousarray(chunk, dtype=np.float32), np.ones(Cin, np.float32),
                     np.zeros(Cin, np.float32))
-        c = self.config
+        pixel = 255.0 if chunk.dtype == np.uint8 else 1.0
         if c.mean is None:
-            scale, shift = np.full(Cin, 1.0 / 255.0), np.zeros(Cin)
+            scale, shift = np.full(Cin, 1.0 / pixel), np.zeros(Cin)
         else:
             mean, std = np.asarray(c.mean, np.float64), np.asarray(c.std, np.float64)
-            scale, shift = 1.0 / (255.0 * std), -mean / std
+            scale, shift = 1.0 / (pixel * std), -mean / std
         return (np.ascontiguousarray(chunk), scale.astype(np.float32), shift.astype(np.float32))
 
     def backward(self, dlogits) -> None:
@@ -408,7 +416,9 @@ class ViT:
         if x.shape[0] > self.max_batch:
             raise ValueError(f"a training batch of {x.shape[0]} exceeds max_batch="
                              f"{self.max_batch}; build the model with a larger max_batch")
-        logits = self.forward(x)
+        # on a GPU, float images in [0, 1] are still to be normalised (on the device)
+        unit = self._cuda is not None and x.dtype != np.uint8 and bool(preprocess)
+        logits = self.forward(x, preprocess=True if unit else None)
         if not np.isfinite(logits).all():
             raise FloatingPointError("the model's logits contain NaN or Inf (the model has "
                                      "diverged); the step was skipped and the parameters are "

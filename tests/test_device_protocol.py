@@ -119,9 +119,16 @@ def test_training_on_the_device_matches_the_cpu(standin):
         np.testing.assert_array_equal(dev.params[n], v, err_msg=n)
     for n, v in cpu._moments[1].items():
         np.testing.assert_array_equal(dev._moments[1][n], v, err_msg=n)
-    # uint8 images are normalised on the device: x * scale + shift, within float32 rounding
-    x, _ = batch(seed=9)
+    # uint8 images are normalised on the device: x * scale + shift, within float32 rounding;
+    # float images in [0, 1] with preprocess=True too (NHWC is transposed on the host)
+    x, y = batch(seed=9)
     np.testing.assert_allclose(dev(x), cpu(x), rtol=1e-5, atol=1e-5)
+    unit = x.astype(np.float32) / 255.0
+    np.testing.assert_allclose(dev(unit, preprocess=True), cpu(unit, preprocess=True),
+                               rtol=1e-5, atol=1e-5)
+    lc = cpu.train_step(unit, labels=y, optimizer=opt_c, preprocess=True)
+    ld = dev.train_step(unit, labels=y, optimizer=opt_d, preprocess=True)
+    assert ld == pytest.approx(lc, rel=1e-4)
     # the host engine of a GPU model only mirrors: it holds no activations for max_batch
     assert dev._engine.max_batch == 1 and dev.max_batch == 8
 
