@@ -134,3 +134,31 @@ fail:
     return NULL;
 }
 
+
+PyObject *pv_profile_binding(PyObject *args, PyObject *kw, void (*enable)(int),
+                             int (*read)(const char **, double *, int)) {
+    static char *kwlist[] = {"enable", "reset", NULL};
+    PyObject *on_obj = Py_None;
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &on_obj, &reset)) return NULL;
+    if (on_obj != Py_None) {
+        int on = PyObject_IsTrue(on_obj);
+        if (on < 0) return NULL;
+        enable(on);
+    }
+    const char *names[PV_PROF_N];
+    double sec[PV_PROF_N];
+    int n = read(names, sec, reset);
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(sec[i]);
+        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}

@@ -16,5 +16,8 @@ int pv_parse_config(PyObject *d, pv_config *c);
 int pv_parse_hp(PyObject *o, pv_group_hp hp[4]);
 /* [(name, shape, offset, group)] of the model's parameter table, in buffer order */
 PyObject *pv_tensor_table(const pv_model *m);
+/* profile(enable=None, reset=False) -> {op: seconds} over an engine's timing functions */
+PyObject *pv_profile_binding(PyObject *args, PyObject *kw, void (*enable)(int),
+                             int (*read)(const char **, double *, int));
 
 #endif

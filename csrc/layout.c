@@ -218,3 +218,10 @@ int pv_layout_init(pv_model *m, const pv_config *cfg, int max_batch) {
     m->act_floats = pv_carve_acts(m, NULL);
     return PV_OK;
 }
+
+/* the per-op timing categories of both engines (PV_PROF_*), as polyvit._C.profile names them */
+const char *const pv_prof_names[PV_PROF_N] = {
+    "patch_embed", "layernorm", "matmul_qkv", "attention", "matmul_proj", "matmul_fc1",
+    "activation", "matmul_fc2", "head", "layernorm_bwd", "matmul_qkv_bwd", "attention_bwd",
+    "matmul_proj_bwd", "matmul_fc1_bwd", "activation_bwd", "matmul_fc2_bwd", "head_bwd",
+    "embed_bwd"};

@@ -375,30 +375,7 @@ static PyObject *py_get_num_threads(PyObject *mod, PyObject *Py_UNUSED(ig)) {
 
 /* profile(enable=None, reset=False) -> {op: seconds}; enable turns per-op timing on or off */
 static PyObject *py_profile(PyObject *mod, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"enable", "reset", NULL};
-    PyObject *enable = Py_None;
-    int reset = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &enable, &reset)) return NULL;
-    if (enable != Py_None) {
-        int on = PyObject_IsTrue(enable);
-        if (on < 0) return NULL;
-        pv_profile_enable(on);
-    }
-    const char *names[PV_PROF_N];
-    double sec[PV_PROF_N];
-    int n = pv_profile_read(names, sec, reset);
-    PyObject *d = PyDict_New();
-    if (!d) return NULL;
-    for (int i = 0; i < n; i++) {
-        PyObject *v = PyFloat_FromDouble(sec[i]);
-        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(d);
-            return NULL;
-        }
-        Py_DECREF(v);
-    }
-    return d;
+    return pv_profile_binding(args, kw, pv_profile_enable, pv_profile_read);
 }
 
 static PyObject *py_build_info(PyObject *mod, PyObject *Py_UNUSED(ig)) {

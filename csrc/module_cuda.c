@@ -341,30 +341,7 @@ static PyObject *py_synchronize(PyObject *mod, PyObject *Py_UNUSED(ig)) {
 
 /* profile(enable=None, reset=False) -> {op: seconds}, as polyvit._C.profile */
 static PyObject *py_profile(PyObject *mod, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"enable", "reset", NULL};
-    PyObject *enable = Py_None;
-    int reset = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &enable, &reset)) return NULL;
-    if (enable != Py_None) {
-        int on = PyObject_IsTrue(enable);
-        if (on < 0) return NULL;
-        pvc_profile_enable(on);
-    }
-    const char *names[PV_PROF_N];
-    double sec[PV_PROF_N];
-    int n = pvc_profile_read(names, sec, reset);
-    PyObject *d = PyDict_New();
-    if (!d) return NULL;
-    for (int i = 0; i < n; i++) {
-        PyObject *v = PyFloat_FromDouble(sec[i]);
-        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(d);
-            return NULL;
-        }
-        Py_DECREF(v);
-    }
-    return d;
+    return pv_profile_binding(args, kw, pvc_profile_enable, pvc_profile_read);
 }
 
 static PyObject *py_build_info(PyObject *mod, PyObject *Py_UNUSED(ig)) {

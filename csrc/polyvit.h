@@ -137,6 +137,7 @@ enum {
     PV_PROF_PROJ_BWD, PV_PROF_FC1_BWD, PV_PROF_ACT_BWD, PV_PROF_FC2_BWD, PV_PROF_HEAD_BWD,
     PV_PROF_EMBED_BWD, PV_PROF_N
 };
+extern const char *const pv_prof_names[PV_PROF_N]; /* layout.c */
 void pv_profile_enable(int on);
 int pv_profile_read(const char **names, double *sec, int reset);
 

@@ -27,11 +27,6 @@
  * the pipeline drained: for finding where a step goes, not for measuring a step. */
 static int prof_on = 0;
 static double prof_sec[PV_PROF_N];
-static const char *prof_names[PV_PROF_N] = {
-    "patch_embed", "layernorm", "matmul_qkv", "attention", "matmul_proj", "matmul_fc1",
-    "activation", "matmul_fc2", "head", "layernorm_bwd", "matmul_qkv_bwd", "attention_bwd",
-    "matmul_proj_bwd", "matmul_fc1_bwd", "activation_bwd", "matmul_fc2_bwd", "head_bwd",
-    "embed_bwd"};
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -54,7 +49,7 @@ static double now_s(void) {
 extern "C" void pvc_profile_enable(int on) { prof_on = on; }
 extern "C" int pvc_profile_read(const char **names, double *sec, int reset) {
     for (int i = 0; i < PV_PROF_N; i++) {
-        names[i] = prof_names[i];
+        names[i] = pv_prof_names[i];
         sec[i] = prof_sec[i];
         if (reset) prof_sec[i] = 0.0;
     }
