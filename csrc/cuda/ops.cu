@@ -894,33 +894,14 @@ struct PolyFwdOp : OpBase {
     }
 };
 
-extern "C" int cu_poly_forward(float *out, const float *inp, const float *a, const float *b,
-                               const float *c, const float *sc, int width, size_t rows, int H,
-                               pv_stream s) {
+/* poly forward, with fc1's bias fused in when bias != NULL (then inp == h, updated in place) */
+static int poly_forward_launch(float *out, const float *inp, float *h, const float *bias,
+                               const float *a, const float *b, const float *c, const float *sc,
+                               int width, size_t rows, int H, cudaStream_t s) {
     if (rows == 0 || H <= 0) return PV_OK;
     PolyFwdOp op;
     op.out = out;
     op.inp = inp;
-    op.a = a;
-    op.b = b;
-    op.c = c;
-    op.sc = sc;
-    op.H = (size_t)H;
-    op.width1 = width == 1;
-    op.A = op.Bc = op.Cc = 0.f;
-    bool vec = aligned16(out) && aligned16(inp) &&
-               (op.width1 || (H % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(c) &&
-                              aligned16(sc)));
-    return launch_elementwise("poly_forward", op, rows * (size_t)H, vec, s);
-}
-
-extern "C" int cu_bias_poly_forward(float *out, float *h, const float *bias, const float *a,
-                                    const float *b, const float *c, const float *sc, int width,
-                                    size_t rows, int H, pv_stream s) {
-    if (rows == 0 || H <= 0) return PV_OK;
-    PolyFwdOp op;
-    op.out = out;
-    op.inp = h;
     op.h = h;
     op.bias = bias;
     op.a = a;
@@ -930,9 +911,24 @@ extern "C" int cu_bias_poly_forward(float *out, float *h, const float *bias, con
     op.H = (size_t)H;
     op.width1 = width == 1;
     op.A = op.Bc = op.Cc = 0.f;
-    bool vec = H % 4 == 0 && aligned16(out) && aligned16(h) && aligned16(bias) &&
-               (op.width1 || (aligned16(a) && aligned16(b) && aligned16(c) && aligned16(sc)));
-    return launch_elementwise("bias_poly_forward", op, rows * (size_t)H, vec, s);
+    bool vec = aligned16(out) && aligned16(inp) &&
+               (!bias || (H % 4 == 0 && aligned16(bias))) &&
+               (op.width1 || (H % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(c) &&
+                              aligned16(sc)));
+    return launch_elementwise(bias ? "bias_poly_forward" : "poly_forward", op,
+                              rows * (size_t)H, vec, s);
+}
+
+extern "C" int cu_poly_forward(float *out, const float *inp, const float *a, const float *b,
+                               const float *c, const float *sc, int width, size_t rows, int H,
+                               pv_stream s) {
+    return poly_forward_launch(out, inp, NULL, NULL, a, b, c, sc, width, rows, H, s);
+}
+
+extern "C" int cu_bias_poly_forward(float *out, float *h, const float *bias, const float *a,
+                                    const float *b, const float *c, const float *sc, int width,
+                                    size_t rows, int H, pv_stream s) {
+    return poly_forward_launch(out, h, h, bias, a, b, c, sc, width, rows, H, s);
 }
 
 /* dinp = g * s*(2 a x + b), expression order as the CPU: width 1 g*(A2*x + Bc) with
