@@ -2,7 +2,9 @@
 # The one script a GPU session runs, in one call: build polyvit with its CUDA engine, run
 # tests/test_cuda.py, then the GPU benchmark (bench/gpu_train.py). Everything it writes goes to
 # $OUT (default ./gpu_out): build.log, test_cuda.log, cuda_errors.json (the errors the tests
-# measured per config and precision), bench.log and one gpu_train-*.json per model. Meant to
+# measured per config and precision), checks.log (bench/gpu_sanitize.py: large widths and
+# compute-sanitizer), bench.log and one gpu_train-*.json per model (8 files at most: what the
+# device tool brings back). Meant to
 # stay under 9 minutes (GPU_CHECK_LIMIT seconds, default 530): the benchmark gets whatever the
 # build and the tests leave, at most 330 s.
 #
@@ -42,7 +44,9 @@ fi
 
 # 2. build with the CUDA engine (POLYVIT_CUDA=1: the build fails if it cannot build it)
 stamp "pip install --no-build-isolation -e . (POLYVIT_CUDA=1)"
-POLYVIT_CUDA=1 "$PY" -m pip install --no-build-isolation -e . 2>&1 | tee "$OUT/build.log" | tail -20
+# --no-deps --no-index: the GPU machine has no network, and everything polyvit needs is there
+POLYVIT_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . 2>&1 \
+  | tee "$OUT/build.log" | tail -20
 "$PY" - <<'EOF'
 import sys
 
@@ -84,7 +88,31 @@ for prec, cases in d["measured"].items():
 EOF
 fi
 
-# 4. the benchmark, in what time is left
+# 4. what the tests cannot see: the benchmark's launch shapes (width 384/768) against the CPU
+# engine, and compute-sanitizer (out-of-bounds accesses, shared-memory races, divergent
+# barriers) over a workload that runs every kernel. Logged to checks.log.
+stamp "bench/gpu_sanitize.py large (float32 at ViT-S/B widths against the CPU engine)"
+set +e
+{
+  timeout 150 "$PY" bench/gpu_sanitize.py large
+  echo "gpu_sanitize.py large: exit status $?"
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -n "$SAN" ]; then
+    for tool in memcheck racecheck synccheck; do
+      echo "== compute-sanitizer --tool $tool"
+      timeout 90 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+        "$PY" bench/gpu_sanitize.py workload 2>&1 | tail -25
+      rc=${PIPESTATUS[0]}
+      echo "compute-sanitizer $tool: exit status $rc"
+    done
+  else
+    echo "compute-sanitizer: not found"
+  fi
+} 2>&1 | tee "$OUT/checks.log"
+CHECK_RC=$(grep -cE "FAILED|exit status [1-9]" "$OUT/checks.log")
+set -e
+
+# 5. the benchmark, in what time is left
 LEFT=$((LIMIT - SECONDS - 30))
 BUDGET=$((LEFT < 330 ? LEFT : 330))
 BENCH_RC=0
@@ -105,6 +133,10 @@ ls -l "$OUT"
 if [ "$TEST_RC" -ne 0 ]; then
   echo "TESTS FAILED (pytest exit status $TEST_RC): see test_cuda.log"
   exit "$TEST_RC"
+fi
+if [ "$CHECK_RC" -ne 0 ]; then
+  echo "CHECKS FAILED: see checks.log"
+  exit 1
 fi
 if [ "$BENCH_RC" -ne 0 ]; then
   echo "BENCHMARK FAILED (exit status $BENCH_RC): see bench.log"
