@@ -390,7 +390,7 @@ def assemble(model: str, runs: dict, peak: dict, args, date: str) -> dict:
     if _get(pv, "device_bytes") is not None:
         p["device_bytes"] = pv["device_bytes"]
         p["memory_method"] = pv.get("memory_method")
-    for k in ("logits_rel_diff_vs_timm_fp32", "first_last_loss", "build_s"):
+    for k in ("logits_rel_diff_vs_timm_fp32", "first_last_loss", "build_s", "op_profile_s"):
         if k in pv:
             p[k] = pv[k]
     if "error" in pv:
