@@ -10,6 +10,7 @@
 #
 #   bash bench/gpu_check.sh
 #   OUT=/tmp/o BENCH_ARGS="--models vit_small_patch16_224 --no-compile" bash bench/gpu_check.sh
+#   SANITIZE_TOOLS=memcheck GPU_CHECK_LIMIT=350 bash bench/gpu_check.sh   # a shorter call
 #
 # A test failure does not stop the benchmark (device time is scarce); the script still exits
 # non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
@@ -98,7 +99,7 @@ set +e
   echo "gpu_sanitize.py large: exit status $?"
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   if [ -n "$SAN" ]; then
-    for tool in memcheck racecheck synccheck; do
+    for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
       echo "== compute-sanitizer --tool $tool"
       timeout 90 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
         "$PY" bench/gpu_sanitize.py workload 2>&1 | tail -25

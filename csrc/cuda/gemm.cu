@@ -4,7 +4,14 @@
  * in gemm_plan.h (and checked there on the host), not here.
  *
  * The precision mode picks cuBLAS's compute type: float32, TF32 tensor cores, or bf16 tensor
- * cores with float32 accumulation. Operands and results stay float32 in memory in every mode.
+ * cores with float32 accumulation. Activations, weights and results stay float32 in memory in
+ * every mode. In bf16 mode the linear layers' operands are first rounded to bf16 into scratch
+ * (one pass each, cu_to_bf16): cuBLAS's FAST_16BF kernels on float32 storage ran at 250-335
+ * TFLOP/s on an H100 at ViT-B/16's shapes, its bf16-operand kernels at 630-760
+ * (bench/gpu_probe.py, bench/results/gpu_probe-h100.json). The rounding is the one FAST_16BF
+ * applies inside (to nearest even), so the numbers are those of the float32-storage path up to
+ * cuBLAS's accumulation order. Attention's batched products (197 x 64 x 197 at ViT-B) ran at
+ * ~30 TFLOP/s either way and keep float32 storage.
  */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -72,10 +79,35 @@ extern "C" int cu_gemm(pv_cuda_model *cm, const pv_gemm_plan *p, const float *A,
     return PV_OK;
 }
 
+/* bf16 mode, with its scratch allocated and large enough for this product */
+static int bf16_fits(const pv_cuda_model *cm, size_t in_n, size_t w_n, size_t dout_n) {
+    return cm->precision == PV_PREC_BF16 && cm->bf16_mem && in_n <= cm->bf16_in_n &&
+           w_n <= cm->bf16_w_n && dout_n <= cm->bf16_dout_n;
+}
+
+/* a planned product on bf16 operands, float32 accumulation and float32 output */
+static int gemm_bf16(pv_cuda_model *cm, const pv_gemm_plan *p, const uint16_t *A,
+                     const uint16_t *B, float *C) {
+    cublasOperation_t ta = p->ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = p->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    PV_CUBLAS_CHECK(cublasGemmEx((cublasHandle_t)cm->blas, ta, tb, p->m, p->n, p->k, &p->alpha, A,
+                                 CUDA_R_16BF, p->lda, B, CUDA_R_16BF, p->ldb, &p->beta, C,
+                                 CUDA_R_32F, p->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return PV_OK;
+}
+
 extern "C" int cu_matmul_forward(pv_cuda_model *cm, float *out, const float *inp, const float *w,
                                  const float *bias, const float *residual, int M, int K, int N) {
     pv_gemm_plan p = pv_plan_linear_forward(M, K, N);
-    int rc = cu_gemm(cm, &p, w, inp, out);
+    pv_stream s = (pv_stream)cm->stream;
+    size_t in_n = (size_t)M * K, w_n = (size_t)K * N;
+    int rc;
+    if (bf16_fits(cm, in_n, w_n, 0)) {
+        if ((rc = cu_to_bf16(cm->bf16_w, w, w_n, s))) return rc;
+        if ((rc = cu_to_bf16(cm->bf16_in, inp, in_n, s))) return rc;
+        rc = gemm_bf16(cm, &p, cm->bf16_w, cm->bf16_in, out);
+    } else {
+        rc = cu_gemm(cm, &p, w, inp, out);
+    }
     if (rc) return rc;
     if (!bias && !residual) return PV_OK;
     return cu_bias_residual(out, bias, residual, M, N, (pv_stream)cm->stream);
@@ -85,13 +117,27 @@ extern "C" int cu_matmul_backward(pv_cuda_model *cm, float *dinp, float *dw, flo
                                   const float *dout, const float *inp, const float *w, int M,
                                   int K, int N, int accumulate) {
     int rc;
+    pv_stream s = (pv_stream)cm->stream;
+    size_t in_n = (size_t)M * K, w_n = (size_t)K * N, dout_n = (size_t)M * N;
+    const int b16 = bf16_fits(cm, in_n, w_n, dout_n);
+    if (b16 && (rc = cu_to_bf16(cm->bf16_dout, dout, dout_n, s))) return rc; /* used twice */
     if (dinp) {
         pv_gemm_plan p = pv_plan_linear_dinp(M, K, N, accumulate);
-        rc = cu_gemm(cm, &p, w, dout, dinp);
+        if (b16) {
+            if ((rc = cu_to_bf16(cm->bf16_w, w, w_n, s))) return rc;
+            rc = gemm_bf16(cm, &p, cm->bf16_w, cm->bf16_dout, dinp);
+        } else {
+            rc = cu_gemm(cm, &p, w, dout, dinp);
+        }
         if (rc) return rc;
     }
     pv_gemm_plan p = pv_plan_linear_dw(M, K, N);
-    rc = cu_gemm(cm, &p, inp, dout, dw);
+    if (b16) {
+        if ((rc = cu_to_bf16(cm->bf16_in, inp, in_n, s))) return rc;
+        rc = gemm_bf16(cm, &p, cm->bf16_in, cm->bf16_dout, dw);
+    } else {
+        rc = cu_gemm(cm, &p, inp, dout, dw);
+    }
     if (rc) return rc;
     if (dbias) return cu_bias_backward(dbias, dout, M, N, cm->scratch, (pv_stream)cm->stream);
     return PV_OK;

@@ -1,8 +1,9 @@
 /* The CUDA engine's model: device buffers laid out by the shared layout code, forward, backward
  * and the optimizer, op for op the CPU engine's model.c. Every call into the engine selects the
  * model's device first (a caller may switch threads) and reports the first failing CUDA or
- * cuBLAS call by name. Everything is allocated in pvc_model_create, so a step never allocates:
- * out-of-memory can only happen there, and then nothing is left behind.
+ * cuBLAS call by name. Everything is allocated in pvc_model_create (the bf16 mode's operand
+ * scratch when that mode is first chosen), so a step never allocates: out-of-memory can only
+ * happen there, and then nothing is left behind.
  */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -129,6 +130,7 @@ extern "C" void pvc_model_free(pv_cuda_model *cm) {
     cudaFree(cm->images_raw);
     cudaFree(cm->norm);
     cudaFree(cm->dlogits);
+    cudaFree(cm->bf16_mem);
     cm->m.d_poly = NULL; /* never allocated here: dscratch serves */
     cudaFreeHost(cm->host_pinned);
     cudaGetLastError(); /* frees of a poisoned context report errors we cannot act on */
@@ -260,9 +262,35 @@ extern "C" int pvc_model_create(pv_cuda_model **out, const pv_config *cfg, int m
     return PV_OK;
 }
 
+/* the bf16 mode's operand scratch (see pv_cuda_model): sized for the largest input, weight and
+ * output gradient of any linear layer (patch embedding, qkv, proj, fc1, fc2, head) */
+static int bf16_scratch(pv_cuda_model *cm) {
+    const pv_model *m = &cm->m;
+    size_t B = (size_t)m->max_batch, BT = B * m->T, C = m->C, H = m->H, K = m->K, N = m->N;
+    size_t pd = (size_t)m->patch_dim;
+    size_t in_n = max_sz(max_sz(B * N * pd, BT * C), max_sz(BT * H, B * C));
+    size_t w_n = max_sz(max_sz(pd * C, 3 * C * C), max_sz(C * H, C * K));
+    size_t dout_n = max_sz(max_sz(B * N * C, BT * 3 * C), max_sz(BT * H, B * K));
+    /* each part starts on a 256-byte boundary (cuBLAS's fastest kernels want 16) */
+    size_t a = (in_n + 127) / 128 * 128, b = (w_n + 127) / 128 * 128;
+    size_t total = a + b + (dout_n + 127) / 128 * 128;
+    TRY(dalloc(cm, &cm->bf16_mem, total * sizeof(uint16_t), "the bf16 GEMM operands"));
+    cm->bf16_in = (uint16_t *)cm->bf16_mem;
+    cm->bf16_w = cm->bf16_in + a;
+    cm->bf16_dout = cm->bf16_w + b;
+    cm->bf16_in_n = in_n;
+    cm->bf16_w_n = w_n;
+    cm->bf16_dout_n = dout_n;
+    return PV_OK;
+}
+
 extern "C" int pvc_set_precision(pv_cuda_model *cm, int mode) {
     if (mode != PV_PREC_FP32 && mode != PV_PREC_TF32 && mode != PV_PREC_BF16)
         return pv_set_error(PV_ERR_VALUE, "unknown precision mode %d", mode);
+    if (mode == PV_PREC_BF16 && !cm->bf16_mem) {
+        PV_CUDA_CHECK(cudaSetDevice(cm->device));
+        TRY(bf16_scratch(cm)); /* out of memory: MemoryError, the model keeps its mode */
+    }
     cm->precision = mode;
     return PV_OK;
 }

@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "pv_cuda.h"
 
@@ -492,6 +493,38 @@ extern "C" int cu_bias_residual(float *out, const float *bias, const float *resi
     op.N = (size_t)N;
     bool vec = N % 4 == 0 && aligned16(out) && aligned16(bias) && aligned16(residual);
     return launch_elementwise("bias_residual", op, (size_t)M * N, vec, s);
+}
+
+/* ---- float32 -> bf16 (the bf16 mode's GEMM operands, see gemm.cu) ----------------------------- */
+/* round to nearest even, as the tensor cores' FAST_16BF path rounds float32 inputs; NaN stays a
+ * (quiet) NaN, +-Inf and overflow to +-Inf as IEEE rounding says */
+PV_HD __forceinline__ uint16_t pv_float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+struct ToBf16Op : OpBase {
+    uint16_t *dst;
+    const float *src;
+    PV_HD void vec(size_t q) const {
+        float4 v = ld4(src, q);
+        uint2 w; /* four bf16 in one 8-byte store */
+        w.x = (uint32_t)pv_float_to_bf16(v.x) | ((uint32_t)pv_float_to_bf16(v.y) << 16);
+        w.y = (uint32_t)pv_float_to_bf16(v.z) | ((uint32_t)pv_float_to_bf16(v.w) << 16);
+        reinterpret_cast<uint2 *>(dst)[q] = w;
+    }
+    PV_HD void one(size_t i) const { dst[i] = pv_float_to_bf16(src[i]); }
+};
+
+extern "C" int cu_to_bf16(void *dst, const float *src, size_t n, pv_stream s) {
+    ToBf16Op op;
+    op.dst = (uint16_t *)dst;
+    op.src = src;
+    bool vec = aligned16(src) && ((uintptr_t)dst & 7u) == 0;
+    return launch_elementwise("to_bf16", op, n, vec, s);
 }
 
 struct BiasColF {

@@ -80,6 +80,9 @@ int cu_tokens_assemble(float *x, const float *patch_out, const float *cls, const
 int cu_tokens_backward(float *dcls, float *dpos, float *dpatch_out, const float *dx, int B, int T,
                        int C, pv_stream s);
 
+/* dst (n bf16, as uint16) = src (n floats) rounded to nearest even: the bf16 mode's GEMM operands */
+int cu_to_bf16(void *dst, const float *src, size_t n, pv_stream s);
+
 /* out(M,N) += bias(N) [+ residual(M,N)]  (bias may be NULL) */
 int cu_bias_residual(float *out, const float *bias, const float *residual, int M, int N,
                      pv_stream s);
@@ -191,6 +194,12 @@ typedef struct pv_cuda_model {
     float *norm;     /* (2 * Cin) scale and shift of the input normalisation */
     float *dlogits;  /* (B, K) */
     float *host_pinned; /* pinned host staging: logits and dlogits */
+    /* bf16 mode: the linear layers' operands rounded to bf16 before each product (gemm.cu).
+     * One allocation, made when the mode is first chosen: the input (M x K), the weight (K x N)
+     * and the output gradient (M x N), each sized for the largest linear layer. */
+    void *bf16_mem;
+    uint16_t *bf16_in, *bf16_w, *bf16_dout;
+    size_t bf16_in_n, bf16_w_n, bf16_dout_n; /* capacities in elements */
     size_t device_bytes; /* everything this model holds on the device */
 } pv_cuda_model;
 

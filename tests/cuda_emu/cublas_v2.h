@@ -1,7 +1,9 @@
 /* A CPU stand-in for the cuBLAS calls polyvit's CUDA engine makes (see cuda_runtime.h here):
  * the same column-major products, computed on the host. The compute type is honoured the way
  * the tensor cores treat their inputs: FAST_TF32 rounds A and B to TF32 (10-bit mantissa),
- * FAST_16BF to bfloat16 (7-bit), before float32 accumulation; COMPUTE_32F is plain float32. */
+ * FAST_16BF to bfloat16 (7-bit), before float32 accumulation; COMPUTE_32F is plain float32.
+ * cublasGemmEx also takes bf16 operands (CUDA_R_16BF, stored as uint16) with a float32 output:
+ * they are widened exactly and multiplied in float32. */
 #ifndef PV_EMU_CUBLAS_V2_H
 #define PV_EMU_CUBLAS_V2_H
 
@@ -21,7 +23,7 @@ typedef enum {
     CUBLAS_COMPUTE_32F_FAST_16BF = 75,
     CUBLAS_COMPUTE_32F_FAST_TF32 = 77,
 } cublasComputeType_t;
-typedef enum { CUDA_R_32F = 0 } cudaDataType;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
 typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
 typedef enum { MAJOR_VERSION = 0, MINOR_VERSION = 1, PATCH_LEVEL = 2 } libraryPropertyType;
 typedef struct pv_emu_cublas *cublasHandle_t;

@@ -428,10 +428,33 @@ static int mantissa_bits(cublasComputeType_t t) {
     return t == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10 : t == CUBLAS_COMPUTE_32F_FAST_16BF ? 7 : 23;
 }
 
+/* a bf16 operand (uint16 bits) widened to float32, exactly: count = ld * stored columns */
+static std::vector<float> widen_bf16(const void *p, size_t count) {
+    std::vector<float> out(count);
+    const uint16_t *h = (const uint16_t *)p;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(&out[i], &u, 4);
+    }
+    return out;
+}
+
 cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
-                            int n, int k, const void *alpha, const void *A, cudaDataType, int lda,
-                            const void *B, cudaDataType, int ldb, const void *beta, void *C,
-                            cudaDataType, int ldc, cublasComputeType_t ct, cublasGemmAlgo_t) {
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct_, int ldc, cublasComputeType_t ct,
+                            cublasGemmAlgo_t) {
+    if (ct_ != CUDA_R_32F || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
+        (at == CUDA_R_16BF && ct != CUBLAS_COMPUTE_32F))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    std::vector<float> a16, b16;
+    if (at == CUDA_R_16BF) { /* the stored matrices: lda x (ta ? m : k), ldb x (tb ? k : n) */
+        a16 = widen_bf16(A, (size_t)lda * (ta ? m : k));
+        b16 = widen_bf16(B, (size_t)ldb * (tb ? k : n));
+        A = a16.data();
+        B = b16.data();
+    }
     return gemm(ta, tb, m, n, k, *(const float *)alpha, (const float *)A, lda, (const float *)B,
                 ldb, *(const float *)beta, (float *)C, ldc, mantissa_bits(ct));
 }
