@@ -304,6 +304,54 @@ def test_matches_cpu_engine(case, precision):
         "grad_worst_tensor": name, "poly_grad_worst": max(poly.values()) if poly else None}
 
 
+# the fused attention forward (bf16 mode) against the unfused one (POLYVIT_CUDA_ATTENTION=cublas):
+# both round q, k, P and v to bf16 the same way; they differ in float32 accumulation order,
+# which can flip the bf16 rounding of a P entry (2^-8 relative on that entry). Measured on the
+# emulator: bit-identical. Bars: logits 5e-3, gradients 2e-2 (a wrong index, head, scale or
+# padding gives O(1)); each also within the bf16 bars against the CPU engine.
+FUSED_CASES = {
+    "hs16_t65": (dict(BASE), 3),                                   # 64-row tiles, 2 key tiles
+    "hs64_t197": (CASES["t197"][0], 2),                            # ViT-B's T and head size
+    "hs32_t101": (dict(img_size=40, patch_size=4, embed_dim=64, depth=1, num_heads=2,
+                       num_classes=5), 2),                         # T not a multiple of 16
+    "hs64_t577": (dict(img_size=96, patch_size=4, embed_dim=128, depth=1, num_heads=2,
+                       num_classes=5), 1),                         # 32-row tiles (shared memory)
+    "hs128_t17": (dict(img_size=32, patch_size=8, embed_dim=256, depth=1, num_heads=2,
+                       num_classes=5), 2),                         # head size > padded keys
+}
+
+
+@gpu
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_attention_matches_unfused(case, monkeypatch):
+    kw, B = FUSED_CASES[case]
+    cfg = ViTConfig(**kw)
+    rng = np.random.default_rng(_seed(case))
+    P = random_params(cfg, rng)
+    x = _images(cfg, B, _seed(case) + 1)
+    d = (rng.standard_normal((B, cfg.num_classes)) / B).astype(np.float32)
+    out = {}
+    for mode in ("cublas", "fused"):
+        monkeypatch.setenv("POLYVIT_CUDA_ATTENTION", mode)   # read when a model is made
+        m = _gpu(cfg, P, B, "bf16")
+        logits = m.forward(x).copy()
+        m.backward(d)
+        out[mode] = (logits, {n: g.copy() for n, g in m.grads.items()})
+    cpu = _cpu(cfg, P, B)
+    want = cpu.forward(x).copy()
+    cpu.backward(d)
+    e_logits = rel(out["fused"][0], out["cublas"][0])
+    errs = {n: rel(out["fused"][1][n], out["cublas"][1][n]) for n in out["cublas"][1]}
+    name, worst = _worst(errs)
+    MEASURED.setdefault("fused_attention_vs_unfused", {})[case] = {
+        "logits": e_logits, "grad_worst": worst, "grad_worst_tensor": name}
+    assert np.isfinite(out["fused"][0]).all()
+    assert e_logits <= 5e-3, f"{case}: fused vs unfused logits {e_logits:.3g}"
+    assert worst <= 2e-2, f"{case}: fused vs unfused gradient {name} {worst:.3g}"
+    assert rel(out["fused"][0], want) <= LOGIT_TOL["bf16"]
+    _assert_grads(out["fused"][1], cpu.grads, GRAD_TOL["bf16"], f"{case} fused vs CPU")
+
+
 @gpu
 def test_capture_subset_and_grads_overwritten():
     cfg, P, x, d, ref_logits, ref_caps, ref_grads = _reference("poly_channel")

@@ -173,6 +173,13 @@ static int create(pv_cuda_model *cm, const pv_config *cfg, int max_batch, int de
                             device, ndev, ndev == 1 ? "" : "s");
     cm->device = device;
     PV_CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    PV_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    cm->cc_major = prop.major;
+    /* POLYVIT_CUDA_ATTENTION=cublas keeps bf16 mode on the unfused attention (the reference
+     * the fused kernel is tested and timed against); anything else lets it fuse */
+    const char *att = getenv("POLYVIT_CUDA_ATTENTION");
+    cm->att_fused = !(att && strcmp(att, "cublas") == 0);
     cudaStream_t s;
     PV_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     cm->stream = s;

@@ -36,6 +36,13 @@ typedef struct CUstream_st *pv_stream;
 #define PV_LAUNCH(k, grid, block, shmem, stream) pv_emu_launch(k, grid, block, shmem, stream)
 #endif
 
+/* a kernel's dynamic shared memory (the launch's shared_bytes), 128-byte aligned */
+#ifdef __CUDACC__
+#define PV_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#elif defined(PV_CUDA_EMULATION)
+#define PV_DYNAMIC_SMEM(name) unsigned char *name = (unsigned char *)pv_emu_dynamic_smem()
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -200,6 +207,8 @@ typedef struct pv_cuda_model {
     void *bf16_mem;
     uint16_t *bf16_in, *bf16_w, *bf16_dout;
     size_t bf16_in_n, bf16_w_n, bf16_dout_n; /* capacities in elements */
+    int cc_major;    /* the device's compute capability (major) */
+    int att_fused;   /* bf16 mode may use the fused attention kernel (POLYVIT_CUDA_ATTENTION) */
     size_t device_bytes; /* everything this model holds on the device */
 } pv_cuda_model;
 

@@ -60,8 +60,17 @@ extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
 
 void pv_emu_syncthreads(void);
+void pv_emu_syncwarp(void);
 void pv_emu_warp_exchange(const void *mine, void *lane_values, size_t size);
 #define __syncthreads() pv_emu_syncthreads()
+/* a warp barrier: every live lane of the warp (full mask only) */
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    (void)mask;
+    pv_emu_syncwarp();
+}
+/* the launch's dynamic shared memory (extern __shared__): one buffer per launch, filled with
+ * NaN bytes at the launch, shared by the block's threads (blocks run one after another) */
+void *pv_emu_dynamic_smem(void);
 
 /* lane ^ laneMask's value, every lane of the warp taking part (full mask only) */
 template <class T> T __shfl_xor_sync(unsigned mask, T v, int laneMask, int width = 32) {
@@ -139,26 +148,38 @@ cudaError_t cudaDeviceSynchronize(void);
 
 /* ---- launches -------------------------------------------------------------------------------- */
 typedef void (*pv_emu_body)(void *closure);
-/* runs body(closure) as every thread of every block; records a launch error on failure */
-void pv_emu_run(dim3 grid, dim3 block, pv_emu_body body, void *closure);
+/* runs body(closure) as every thread of every block; records a launch error on failure.
+ * kernel: the kernel's address, for its dynamic shared memory limit (cudaFuncSetAttribute);
+ * shmem: the launch's dynamic shared memory in bytes (over 48 KiB only after the limit was
+ * raised, never over sm_90's 227 KiB, as on a GPU) */
+void pv_emu_run(dim3 grid, dim3 block, pv_emu_body body, void *closure, const void *kernel,
+                size_t shmem);
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+cudaError_t pv_emu_func_set_attribute(const void *kernel, cudaFuncAttribute attr, int value);
+template <class T> cudaError_t cudaFuncSetAttribute(T *kernel, cudaFuncAttribute attr, int value) {
+    return pv_emu_func_set_attribute((const void *)kernel, attr, value);
+}
 
 template <class K> struct PvEmuLaunch {
     K k;
     dim3 grid, block;
+    size_t shmem;
     /* the arguments are taken by value, as a launch copies its parameters */
     template <class... A> void operator()(A... args) {
         auto call = [&]() { k(args...); };
-        pv_emu_run(grid, block, [](void *c) { (*static_cast<decltype(call) *>(c))(); }, &call);
+        pv_emu_run(grid, block, [](void *c) { (*static_cast<decltype(call) *>(c))(); }, &call,
+                   (const void *)k, shmem);
     }
 };
 template <class K> PvEmuLaunch<K> pv_emu_launch(K k, dim3 grid, dim3 block, size_t shmem,
                                                  cudaStream_t s) {
-    (void)shmem;
     (void)s;
     PvEmuLaunch<K> l;
     l.k = k;
     l.grid = grid;
     l.block = block;
+    l.shmem = shmem;
     return l;
 }
 

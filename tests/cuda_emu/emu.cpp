@@ -213,6 +213,36 @@ struct Header {
 /* ---- kernels ----------------------------------------------------------------------------------- */
 void pv_emu_syncthreads(void) { wait(WAIT_BLOCK); }
 
+void pv_emu_syncwarp(void) { wait(WAIT_WARP); }
+
+/* a device-side fault seen by a stand-in (mma.h): reported as the launch's error */
+void pv_emu_kernel_fail(const char *what) {
+    fail(cudaErrorMisalignedAddress, "block (%u,%u,%u) thread %u: %s", blockIdx.x, blockIdx.y,
+         blockIdx.z, threadIdx.x, what);
+}
+
+namespace {
+std::vector<unsigned char> dyn_smem;          /* the running launch's dynamic shared memory */
+unsigned char *dyn_base = nullptr;             /* ... its 128-byte-aligned start */
+std::vector<std::pair<const void *, size_t>> dyn_limits; /* raised per kernel */
+const size_t DYN_DEFAULT = 48 * 1024, DYN_MAX = 227 * 1024; /* sm_90 */
+}  // namespace
+
+void *pv_emu_dynamic_smem(void) { return dyn_base; }
+
+cudaError_t pv_emu_func_set_attribute(const void *kernel, cudaFuncAttribute attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+        (size_t)value > DYN_MAX)
+        return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute(%d, %d)", (int)attr, value);
+    for (auto &l : dyn_limits)
+        if (l.first == kernel) {
+            l.second = (size_t)value;
+            return cudaSuccess;
+        }
+    dyn_limits.push_back({kernel, (size_t)value});
+    return cudaSuccess;
+}
+
 void pv_emu_warp_exchange(const void *mine, void *lane_values, size_t size) {
     int w = current / 32, lane = current % 32, n = (int)threads.size();
     unsigned char *slot = &warp_slots[((size_t)w * 32) * 16];
@@ -229,7 +259,19 @@ void pv_emu_warp_exchange(const void *mine, void *lane_values, size_t size) {
     wait(WAIT_WARP); /* every lane has read: the slots may be reused */
 }
 
-void pv_emu_run(dim3 grid, dim3 block, pv_emu_body body, void *closure) {
+void pv_emu_run(dim3 grid, dim3 block, pv_emu_body body, void *closure, const void *kernel,
+                size_t shmem) {
+    size_t limit = DYN_DEFAULT;
+    for (auto &l : dyn_limits)
+        if (l.first == kernel) limit = l.second;
+    if (shmem > limit) {
+        fail(cudaErrorInvalidValue, "launch with %zu bytes of dynamic shared memory; the "
+             "kernel's limit is %zu (cudaFuncSetAttribute raises it, up to %zu)", shmem, limit,
+             DYN_MAX);
+        return;
+    }
+    dyn_smem.assign(shmem + 128, 0xff); /* NaN floats, as device memory */
+    dyn_base = (unsigned char *)(((uintptr_t)dyn_smem.data() + 127) & ~(uintptr_t)127);
     unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (nt == 0 || nt > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x == 0 ||
         grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
