@@ -6,16 +6,23 @@
  * strided-batched cuBLAS GEMMs over B*NH, the way llm.c's attention_forward does. The softmax
  * is one warp per row, which covers ViT sequence lengths (65..600 tokens) in a few passes.
  *
- * In bf16 mode the forward is one fused kernel instead (attention_fused_kernel, below): q, k
- * and v are read straight from the packed qkv, S and the softmax stay in shared memory, the
- * products run on the tensor cores (wmma, bf16 operands, float32 accumulation), and y is
- * written in token layout. Only P goes to memory, for the backward. On an H100 the unfused
- * forward took 22 of ViT-B/16's 67 ms (batch 256; bench/results/gpu_probe-h100.json): its
- * batched 197 x 64 x 197 products run at ~30 TFLOP/s, and S, P and the permuted copies cross
- * memory several times. The numbers are those of the unfused bf16 path up to float32
- * accumulation order: the same operands are rounded to bf16 the same way (q and k for S, P and
- * v for P v), the softmax is the same float32 code. The backward stays unfused (it needs P,
- * which the fused forward keeps).
+ * In bf16 mode, with POLYVIT_CUDA_ATTENTION=fused, the forward is one fused kernel instead
+ * (attention_fused_kernel, below): q, k and v are read straight from the packed qkv, S and the
+ * softmax stay in shared memory, the products run on the tensor cores (wmma, bf16 operands,
+ * float32 accumulation), and y is written in token layout. Only P goes to memory, for the
+ * backward (which stays unfused). The numbers are those of the unfused bf16 path up to
+ * float32 accumulation order: the same operands are rounded to bf16 the same way (q and k for
+ * S, P and v for P v), and the softmax is the same float32 code.
+ *
+ * Why it exists: on an H100 the unfused forward took 22 of ViT-B/16's 67 ms (batch 256,
+ * bench/results/gpu-h100-2026-11-26/run1-initial/gpu_probe-h100.json); its batched
+ * 197 x 64 x 197 products run at ~30 TFLOP/s, and S, P and the permuted copies cross memory
+ * several times. Why it is opt-in: its first version, run there, was correct (tests/test_cuda.py,
+ * compute-sanitizer memcheck/racecheck/synccheck clean) but took 68 ms (run2-...). The likely
+ * cause: the tile loads were scalar, one 4-byte load in flight per thread per iteration, with a
+ * barrier after each tile, at 2 blocks (8 warps) per SM: latency-bound. They now load 16
+ * bytes per access with every access of a thread issued before the first is converted; that
+ * version has run only on the CPU emulator, and its speed is not measured.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -128,6 +135,38 @@ static size_t fused_smem_bytes(int T, int HS, int BQ) {
     return (size_t)(BQ + FA_BK) * (HS + 8) * 2 + (size_t)BQ * fused_lds(T, HS) * 4;
 }
 
+/* rows r0 .. r0 + ROWS - 1 of q, k or v (off = 0, C or 2C) of one head, rounded to bf16 into
+ * dst (rows LDH apart); rows past T are zeros. 16-byte loads (base, C3 and off are multiples of
+ * 4 floats: the caller checks), every load of a thread issued before the first is converted,
+ * so that each thread has PER loads in flight rather than one. */
+template <int HS, int ROWS, int NTHR>
+__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16 *dst, const float *base, size_t C3,
+                                               int off, int r0, int T) {
+    /* PER float4s per thread, CH of them in flight at a time (more would spill registers) */
+    constexpr int LDH = HS + 8, V = ROWS * HS / 4, PER = (V + NTHR - 1) / NTHR;
+    constexpr int CH = PER < 8 ? PER : 8;
+    for (int i0 = 0; i0 < PER; i0 += CH) {
+        float4 buf[CH];
+#pragma unroll
+        for (int i = 0; i < CH; i++) {
+            int v = threadIdx.x + (i0 + i) * NTHR, r = v / (HS / 4), c = (v - r * (HS / 4)) * 4;
+            buf[i] = v < V && r0 + r < T ? *reinterpret_cast<const float4 *>(
+                                               base + (size_t)(r0 + r) * C3 + off + c)
+                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int i = 0; i < CH; i++) {
+            int v = threadIdx.x + (i0 + i) * NTHR, r = v / (HS / 4), c = (v - r * (HS / 4)) * 4;
+            if (v >= V) continue;
+            __nv_bfloat16 *d = dst + r * LDH + c;
+            d[0] = __float2bfloat16_rn(buf[i].x);
+            d[1] = __float2bfloat16_rn(buf[i].y);
+            d[2] = __float2bfloat16_rn(buf[i].z);
+            d[3] = __float2bfloat16_rn(buf[i].w);
+        }
+    }
+}
+
 /* grid (ceil(T / BQ), B * NH), BQ / 16 warps; warp w owns query rows q0 + 16w .. q0 + 16w + 15 */
 template <int HS, int BQ>
 __global__ void __launch_bounds__(BQ * 2)
@@ -141,7 +180,7 @@ __global__ void __launch_bounds__(BQ * 2)
     const size_t C3 = 3 * (size_t)C;
     const int bh = blockIdx.y, b = bh / NH, h = bh - b * NH;
     const int q0 = blockIdx.x * BQ;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nthr = blockDim.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     PV_DYNAMIC_SMEM(smem);
     __nv_bfloat16 *sQ = (__nv_bfloat16 *)smem;
     __nv_bfloat16 *sKV = sQ + BQ * LDH;
@@ -150,17 +189,11 @@ __global__ void __launch_bounds__(BQ * 2)
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * HS; /* q of token 0, this head */
 
     /* the Q tile as bf16; rows past T are zeros */
-    for (int i = threadIdx.x; i < BQ * HS; i += nthr) {
-        int r = i / HS, d = i - r * HS, t = q0 + r;
-        sQ[r * LDH + d] = __float2bfloat16_rn(t < T ? base[(size_t)t * C3 + d] : 0.0f);
-    }
+    load_tile_bf16<HS, BQ, BQ * 2>(sQ, base, C3, 0, q0, T);
     /* S = q k^T (unscaled), one key tile at a time */
     for (int k0 = 0; k0 < Tp; k0 += FA_BK) {
         __syncthreads(); /* the Q tile is written; the previous K tile is consumed */
-        for (int i = threadIdx.x; i < FA_BK * HS; i += nthr) {
-            int r = i / HS, d = i - r * HS, t = k0 + r;
-            sKV[r * LDH + d] = __float2bfloat16_rn(t < T ? base[(size_t)t * C3 + C + d] : 0.0f);
-        }
+        load_tile_bf16<HS, FA_BK, BQ * 2>(sKV, base, C3, C, k0, T);
         __syncthreads();
 #pragma unroll
         for (int n = 0; n < FA_BK / 16; n++) {
@@ -222,11 +255,7 @@ __global__ void __launch_bounds__(BQ * 2)
     const __nv_bfloat16 *myP = (const __nv_bfloat16 *)myS;
     for (int k0 = 0; k0 < Tp; k0 += FA_BK) {
         __syncthreads(); /* the previous tile is consumed (the last K tile, the first time) */
-        for (int i = threadIdx.x; i < FA_BK * HS; i += nthr) {
-            int r = i / HS, d = i - r * HS, t = k0 + r;
-            sKV[r * LDH + d] =
-                __float2bfloat16_rn(t < T ? base[(size_t)t * C3 + 2 * C + d] : 0.0f);
-        }
+        load_tile_bf16<HS, FA_BK, BQ * 2>(sKV, base, C3, 2 * C, k0, T);
         __syncthreads();
 #pragma unroll
         for (int ks = 0; ks < FA_BK / 16; ks++) {
@@ -268,15 +297,17 @@ static int fused_launch(float *y, float *att, const float *qkv, int B, int T, in
     return PV_OK;
 }
 
-/* the fused forward where it applies (bf16 mode, sm_80+, head size 16/32/64/128, T <= 640 with
- * the shared memory in FA_SMEM_MAX); 1 when it ran (or failed: rc holds the error), 0 when the
- * caller should run the unfused path */
+/* the fused forward where it applies (bf16 mode with POLYVIT_CUDA_ATTENTION=fused, sm_80+,
+ * head size 16/32/64/128, qkv 16-byte aligned, T <= 640 with the shared memory in
+ * FA_SMEM_MAX); 1 when it ran (or failed: rc holds the error), 0 when the caller should run
+ * the unfused path */
 static int attention_fused(pv_cuda_model *cm, float *y, float *att, const float *qkv, int B,
                            int *rc) {
     pv_model *m = &cm->m;
     int T = m->T, NH = m->NH, hs = m->C / m->NH;
     if (cm->precision != PV_PREC_BF16 || !cm->att_fused || cm->cc_major < 8 ||
-        T > 32 * FA_MAXJ || (hs != 16 && hs != 32 && hs != 64 && hs != 128))
+        T > 32 * FA_MAXJ || (hs != 16 && hs != 32 && hs != 64 && hs != 128) ||
+        ((uintptr_t)qkv & 15u) != 0) /* the tile loads are 16 bytes wide */
         return 0;
     int bq = fused_smem_bytes(T, hs, 64) <= FA_SMEM_MAX ? 64
              : fused_smem_bytes(T, hs, 32) <= FA_SMEM_MAX ? 32 : 0;

@@ -8,7 +8,9 @@
  * every mode. In bf16 mode the linear layers' operands are first rounded to bf16 into scratch
  * (one pass each, cu_to_bf16): cuBLAS's FAST_16BF kernels on float32 storage ran at 250-335
  * TFLOP/s on an H100 at ViT-B/16's shapes, its bf16-operand kernels at 630-760
- * (bench/gpu_probe.py, bench/results/gpu_probe-h100.json). The rounding is the one FAST_16BF
+ * (bench/gpu_probe.py, bench/results/gpu-h100-2026-11-26/run1-initial/gpu_probe-h100.json);
+ * in the training step this halved the linear layers' backward (fc1 33.6 -> 16.0 ms, fc2
+ * 30.4 -> 14.8, qkv 21.3 -> 12.9 at ViT-B/16, batch 256, run2-...). The rounding is the one FAST_16BF
  * applies inside (to nearest even), so the numbers are those of the float32-storage path up to
  * cuBLAS's accumulation order. Attention's batched products (197 x 64 x 197 at ViT-B) ran at
  * ~30 TFLOP/s either way and keep float32 storage.

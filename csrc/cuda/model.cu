@@ -176,10 +176,11 @@ static int create(pv_cuda_model *cm, const pv_config *cfg, int max_batch, int de
     cudaDeviceProp prop;
     PV_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     cm->cc_major = prop.major;
-    /* POLYVIT_CUDA_ATTENTION=cublas keeps bf16 mode on the unfused attention (the reference
-     * the fused kernel is tested and timed against); anything else lets it fuse */
+    /* POLYVIT_CUDA_ATTENTION=fused lets bf16 mode use the fused attention forward. Opt-in:
+     * correct on an H100, but there it took 68 ms of ViT-B/16's forward at batch 256 against
+     * the unfused path's 22 (bench/results/gpu-h100-2026-11-26); see attention.cu */
     const char *att = getenv("POLYVIT_CUDA_ATTENTION");
-    cm->att_fused = !(att && strcmp(att, "cublas") == 0);
+    cm->att_fused = att && strcmp(att, "fused") == 0;
     cudaStream_t s;
     PV_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     cm->stream = s;
