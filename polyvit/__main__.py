@@ -188,9 +188,11 @@ def main(argv=None) -> int:
         except (cli.UserError, ValueError, TypeError, OSError, ImportError) as e:
             print(f"python -m polyvit {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print(f"python -m polyvit {args.cmd}: interrupted; run the same command again to "
-                  f"resume from the last checkpoint", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            # a training run says where it stopped and what it saved (polyvit.training)
+            why = str(e) or "interrupted; run the same command again to resume from the last " \
+                            "checkpoint"
+            print(f"python -m polyvit {args.cmd}: {why}", file=sys.stderr)
             return 130
     ap.print_help()
     return 0

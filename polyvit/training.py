@@ -6,7 +6,9 @@ epochs, learning rate, augmentation strength), with warmup + cosine annealing pe
 evaluation every epoch, a progress bar, a JSONL log, and checkpoints that hold the model, the
 AdamW moments and step, the schedule and data position, so that a resumed run continues with
 exactly the batches and losses an uninterrupted run would have seen. A non-finite loss stops the
-run with a clear message and never overwrites the last good checkpoint.
+run with a clear message and never overwrites the last good checkpoint. SIGINT (Ctrl-C) or
+SIGTERM (``kill``) during a run lets the step under way finish, writes a checkpoint and raises
+KeyboardInterrupt, so that nothing done is lost; a second signal stops at once.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -85,6 +89,35 @@ def _as_dataset(data, what: str):
         return data
     raise TypeError(f"{what} must be a polyvit Dataset or an (images, labels) pair of uint8 "
                     f"NHWC images and integer labels")
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM while a run is under way: remembered, not raised, so that the loop can
+    finish its step and write a checkpoint first (a second signal raises KeyboardInterrupt at
+    once). Installed only in the main thread (Python's rule for handlers); a signal the process
+    ignores (SIGINT in a shell's background job) stays ignored."""
+
+    def __init__(self):
+        self.requested: Optional[str] = None
+        self._old: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopped at once")
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.getsignal(sig)
+                if old is signal.SIG_IGN or old is None:
+                    continue
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
@@ -242,6 +275,16 @@ class Trainer:
             os.makedirs(self.workdir, exist_ok=True)
             if resume and os.path.exists(self.checkpoint_path):
                 self.load_checkpoint(self.checkpoint_path)
+        with _StopRequest() as stop_request:
+            return self._run(stop_after_steps, stop_request)
+
+    def _stopped(self, why: str) -> KeyboardInterrupt:
+        where = (f"a checkpoint at step {self.state['step']} is in {self.checkpoint_path}; run "
+                 f"again to resume" if self.workdir else "no workdir, so no checkpoint")
+        return KeyboardInterrupt(f"{why}: training stopped after step {self.state['step']}; "
+                                 f"{where}")
+
+    def _run(self, stop_after_steps: Optional[int], stop_request: _StopRequest):
         st = self.state
         steps_this_call = 0
         while st["stage"] < len(self.stages) and not st["done"]:
@@ -300,6 +343,13 @@ class Trainer:
                             bar.close()
                         batches.close()
                         return st["history"]
+                    if stop_request.requested and st["batch"] < n_batches:
+                        if self.workdir:
+                            self.save_checkpoint()
+                        if bar:
+                            bar.close()
+                        batches.close()
+                        raise self._stopped(stop_request.requested)
                 if bar:
                     bar.close()
                 rec = {"type": "epoch", "stage": st["stage"], "epoch": st["epoch"],
@@ -316,6 +366,8 @@ class Trainer:
                 st["batch"] = 0
                 st["loss_sum"], st["loss_n"] = 0.0, 0
                 self.save_checkpoint()
+                if stop_request.requested:
+                    raise self._stopped(stop_request.requested)
                 if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                     return st["history"]
             st["stage"] += 1

@@ -109,3 +109,40 @@ def test_info_reports_the_build_and_the_mpc_extra(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["mpc_extra"] == {m: importlib.util.find_spec(m) is not None for m in ("spu", "jax")}
     assert info["numpy"] and info["threads"] >= 1
+
+
+def test_kill_during_train_saves_a_checkpoint(folder, tmp_path):
+    """`kill` (SIGTERM) on a running `polyvit train`, as on a background run: the step under way
+    finishes, a checkpoint is written, the command says so and exits with 130."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "teacher"
+    env = dict(os.environ, POLYVIT_CACHE=str(tmp_path / "cache"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-m", "polyvit", "train", "--data", folder,
+                          "--embed-dim", "16", "--depth", "2", "--num-heads", "2",
+                          "--epochs", "500", "--batch-size", "16", "--checkpoint-every", "5",
+                          "--out", str(out)], cwd=root, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        ck = out / "checkpoint.safetensors"
+        deadline = time.time() + 120
+        while not ck.exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert ck.exists(), "no checkpoint within 2 minutes"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-2000:]
+    m = re.search(r"SIGTERM: training stopped after step (\d+); a checkpoint at step \1 is in "
+                  r".*checkpoint\.safetensors; run again to resume", err)
+    assert m, err[-2000:]
+    steps = [json.loads(line)["step"] for line in open(out / "log.jsonl")
+             if '"type": "step"' in line]
+    assert int(m.group(1)) >= 5 and all(s <= int(m.group(1)) for s in steps)

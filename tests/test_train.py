@@ -85,6 +85,48 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, teacher):
     assert [r["eval"] for r in t1.state["history"]] == [r["eval"] for r in t4.state["history"]]
 
 
+@pytest.mark.parametrize("signame,at", [("SIGTERM", 5), ("SIGINT", 8)], ids=["term-mid", "int-epoch-end"])
+def test_signal_saves_a_checkpoint_and_resume_loses_nothing(tmp_path, signame, at):
+    """kill / Ctrl-C during a run: the step under way finishes, a checkpoint is written,
+    KeyboardInterrupt says where; resuming gives exactly the uninterrupted run. Step 5 is
+    mid-epoch, step 8 the last of epoch 1 (8 steps per epoch: the epoch's evaluation and
+    checkpoint come first)."""
+    import signal
+
+    data, ev = _synthetic(256, 0), _synthetic(64, 1)
+
+    def make(wd):
+        m = _tiny(seed=1)
+        return m, Trainer(m, data, ev, stages=[Stage(epochs=2, lr=2e-3, magnitude=9)],
+                          batch_size=32, workdir=str(wd), progress=False, log_every=1,
+                          eval_size=32)
+
+    m1, t1 = make(tmp_path / "a")
+    t1.run()
+    m2, t2 = make(tmp_path / "b")
+    real_step, calls = t2._step, []
+
+    def step(*a):
+        out = real_step(*a)
+        calls.append(1)
+        if len(calls) == at:
+            signal.raise_signal(getattr(signal, signame))   # arrives inside the step
+        return out
+
+    t2._step = step
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match=f"{signame}.*after step {at}.*resume"):
+        t2.run()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert len(calls) == at                                # no step after the signal
+    m3, t3 = make(tmp_path / "b")
+    t3.run()
+    assert t3.state["step"] == 16
+    assert _losses(tmp_path / "a" / "log.jsonl") == _losses(tmp_path / "b" / "log.jsonl")
+    for n in m1.params:
+        np.testing.assert_array_equal(m3.params[n], m1.params[n], err_msg=n)
+
+
 def test_divergence_stops_and_keeps_the_checkpoint(tmp_path):
     data = _synthetic(128, 0)
     m = _tiny(seed=1)
