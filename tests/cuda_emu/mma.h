@@ -51,21 +51,19 @@ static inline void pv_check(const void *p, unsigned ldm, unsigned mult) {
     if (ldm % mult != 0) pv_emu_kernel_fail("wmma: ldm not a multiple of 16 bytes");
 }
 
-template <class Use, int M, int N, int K>
-inline void load_matrix_sync(fragment<Use, M, N, K, __nv_bfloat16, row_major> &f,
+template <class L> struct is_col_major { static const bool value = false; };
+template <> struct is_col_major<col_major> { static const bool value = true; };
+
+/* element (i, j) of the tile at p[i * ldm + j] (row_major) or p[i + j * ldm] (col_major) */
+template <class Use, int M, int N, int K, class Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, __nv_bfloat16, Layout> &f,
                              const __nv_bfloat16 *p, unsigned ldm) {
     pv_check(p, ldm, 8);
-    typedef fragment<Use, M, N, K, __nv_bfloat16, row_major> F;
+    typedef fragment<Use, M, N, K, __nv_bfloat16, Layout> F;
+    const bool col = is_col_major<Layout>::value;
     for (int i = 0; i < F::rows; i++)
-        for (int j = 0; j < F::cols; j++) f.v[i][j] = __bfloat162float(p[(size_t)i * ldm + j]);
-}
-template <class Use, int M, int N, int K>
-inline void load_matrix_sync(fragment<Use, M, N, K, __nv_bfloat16, col_major> &f,
-                             const __nv_bfloat16 *p, unsigned ldm) {
-    pv_check(p, ldm, 8);
-    typedef fragment<Use, M, N, K, __nv_bfloat16, col_major> F;
-    for (int i = 0; i < F::rows; i++)
-        for (int j = 0; j < F::cols; j++) f.v[i][j] = __bfloat162float(p[i + (size_t)j * ldm]);
+        for (int j = 0; j < F::cols; j++)
+            f.v[i][j] = __bfloat162float(col ? p[i + (size_t)j * ldm] : p[(size_t)i * ldm + j]);
 }
 
 template <int M, int N, int K>
