@@ -57,19 +57,27 @@ def gemms() -> dict:
         out[name] = row
         print(f"GEMM {name} {m}x{k}x{n} TFLOP/s: {row}", flush=True)
     torch.set_float32_matmul_precision("highest")
-    # attention's batched products: (B*H) x T x 64 @ 64 x T
-    BH, T, D = 256 * 12, 197, 64
-    row = {}
-    for mode in ("fp32_fast_bf16", "bf16"):
-        dt = torch.bfloat16 if mode == "bf16" else torch.float32
-        torch.set_float32_matmul_precision("medium" if mode != "bf16" else "highest")
-        q = torch.randn(BH, T, D, device="cuda", dtype=dt)
-        k = torch.randn(BH, D, T, device="cuda", dtype=dt)
-        s = cuda_time(lambda: torch.bmm(q, k))
-        row[mode] = round(2 * BH * T * T * D / s / 1e12, 1)
-    torch.set_float32_matmul_precision("highest")
-    out["attn_qk"] = row
-    print(f"GEMM attention QK^T TFLOP/s: {row}", flush=True)
+    # attention's batched products, (B*H) x T x 64 @ 64 x T and (B*H) x T x T @ T x 64, at
+    # ViT-B's T = 197 and padded to 200 / 208: rows of 197 elements are not 16-byte aligned,
+    # which may keep cuBLAS off its fast kernels (the hypothesis behind ~30 TFLOP/s)
+    BH, D = 256 * 12, 64
+    for T in (197, 200, 208):
+        row = {}
+        for mode in ("fp32_fast_bf16", "bf16"):
+            dt = torch.bfloat16 if mode == "bf16" else torch.float32
+            torch.set_float32_matmul_precision("medium" if mode != "bf16" else "highest")
+            q = torch.randn(BH, T, D, device="cuda", dtype=dt)
+            k = torch.randn(BH, D, T, device="cuda", dtype=dt)
+            p = torch.randn(BH, T, T, device="cuda", dtype=dt)
+            v = torch.randn(BH, T, D, device="cuda", dtype=dt)
+            s = cuda_time(lambda: torch.bmm(q, k))
+            row[mode + "_qk"] = round(2 * BH * T * T * D / s / 1e12, 1)
+            s = cuda_time(lambda: torch.bmm(p, v))
+            row[mode + "_pv"] = round(2 * BH * T * T * D / s / 1e12, 1)
+            q = k = p = v = None
+        torch.set_float32_matmul_precision("highest")
+        out[f"attn_T{T}"] = row
+        print(f"GEMM attention T={T} TFLOP/s: {row}", flush=True)
     return out
 
 
