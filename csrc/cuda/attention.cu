@@ -127,7 +127,7 @@ __global__ void softmax_backward_kernel(float *__restrict__ d, const float *__re
  * BQ score rows as float32 (max(Tp, HS) + 4 apart: Tp keys padded to the key tile, and wide
  * enough for the HS outputs that reuse them), later holding P as bf16 in place and then the
  * output rows. Every wmma pointer is then 32-byte aligned and every ldm a multiple of 16 bytes. */
-__host__ __device__ static inline int fused_lds(int T, int HS) { /* score row stride: Tp keys, or HS outputs at the end */
+__host__ __device__ static inline int fused_lds(int T, int HS) {
     int Tp = (T + FA_BK - 1) / FA_BK * FA_BK;
     return (Tp > HS ? Tp : HS) + 4;
 }
