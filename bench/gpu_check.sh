@@ -11,6 +11,7 @@
 #   bash bench/gpu_check.sh
 #   OUT=/tmp/o BENCH_ARGS="--models vit_small_patch16_224 --no-compile" bash bench/gpu_check.sh
 #   SANITIZE_TOOLS=memcheck GPU_CHECK_LIMIT=350 bash bench/gpu_check.sh   # a shorter call
+#   PROBE=1 bash bench/gpu_check.sh                                        # + bench/gpu_probe.py
 #
 # A test failure does not stop the benchmark (device time is scarce); the script still exits
 # non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
@@ -111,6 +112,13 @@ set +e
   fi
 } 2>&1 | tee "$OUT/checks.log"
 CHECK_RC=$(grep -cE "FAILED|exit status [1-9]" "$OUT/checks.log")
+# PROBE=1: bench/gpu_probe.py too (GEMM rates per operand type and attention row alignment,
+# polyvit's per-op profile per precision), its JSON appended to checks.log: the device tool
+# brings back 8 files at most, and the benchmark's own take all 8 with this script's logs
+if [ "${PROBE:-0}" = 1 ]; then
+  stamp "bench/gpu_probe.py (into checks.log)"
+  timeout 150 "$PY" bench/gpu_probe.py 2>&1 | tee -a "$OUT/checks.log" | grep -v '^ \|^{\|^}'
+fi
 set -e
 
 # 5. the benchmark, in what time is left

@@ -5,11 +5,12 @@ device run that decides the next optimisation (writes JSON to the path given, de
 
 1. cuBLAS through PyTorch at ViT-B/16's shapes (M = 256 * 197 rows): float32 operands with
    float32, TF32 and bf16 compute (``torch.set_float32_matmul_precision``: "medium" is
-   CUBLAS_COMPUTE_32F_FAST_16BF on float32 storage, what polyvit's bf16 mode runs today)
+   CUBLAS_COMPUTE_32F_FAST_16BF on float32 storage, what polyvit's bf16 mode ran at first)
    against bf16 operands. This says what storing GEMM operands in bf16 would buy.
 2. A device-to-device copy: the memory ceiling.
 3. polyvit's per-op profile (polyvit.cuda.profile) of a forward and a training step at
-   batch 256 in each precision mode, and the plain timings.
+   batch 256 in each precision mode (bf16 also with POLYVIT_CUDA_ATTENTION=fused), and the
+   plain timings.
 """
 from __future__ import annotations
 
@@ -98,7 +99,10 @@ def polyvit_profile() -> dict:
     u8 = rng.integers(0, 256, (B, 224, 224, 3), dtype=np.uint8)
     y = rng.integers(0, 1000, B)
     out = {}
-    for precision in ("bf16", "tf32", "fp32"):
+    for mode in ("bf16", "bf16 fused", "tf32", "fp32"):
+        precision = mode.split()[0]
+        # read when a model is made: the fused attention forward is opt-in
+        os.environ["POLYVIT_CUDA_ATTENTION"] = "fused" if "fused" in mode else "cublas"
         m = polyvit.ViT(cfg, max_batch=B, seed=0, device="cuda", precision=precision)
         opt = polyvit.AdamW(m, lr=1e-4, weight_decay=0.05)
         loss = polyvit.Loss(ce=1.0)
@@ -117,14 +121,14 @@ def polyvit_profile() -> dict:
             step()
             prof = polyvit.cuda.profile(enable=False, reset=True)
             r[f"{what}_profile_s"] = {k: round(v, 5) for k, v in sorted(prof.items(), key=lambda kv: -kv[1]) if v}
-        print(f"polyvit ViT-B/16 batch {B} {precision}: forward {r['forward_s'] * 1e3:.1f} ms, "
+        print(f"polyvit ViT-B/16 batch {B} {mode}: forward {r['forward_s'] * 1e3:.1f} ms, "
               f"train step {r['train_s'] * 1e3:.1f} ms", flush=True)
         for what in ("forward", "train"):
             p = r[f"{what}_profile_s"]
             tot = sum(p.values())
             print(f"  {what} profile ({tot * 1e3:.1f} ms with drains): " + ", ".join(
                 f"{k} {v * 1e3:.1f}" for k, v in list(p.items())[:10]), flush=True)
-        out[precision] = r
+        out[mode] = r
         m = opt = None  # frees the device memory before the next model
     return out
 
