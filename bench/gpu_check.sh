@@ -24,7 +24,7 @@ OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 LIMIT=${GPU_CHECK_LIMIT:-530}
 PYTEST_ARGS=${PYTEST_ARGS:--q -rs --maxfail=10}
-BENCH_ARGS=${BENCH_ARGS:---fused-attention}
+BENCH_ARGS=${BENCH_ARGS:---variants fused pad}
 export PYTHONUNBUFFERED=1
 SECONDS=0
 

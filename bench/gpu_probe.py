@@ -9,8 +9,8 @@ device run that decides the next optimisation (writes JSON to the path given, de
    against bf16 operands. This says what storing GEMM operands in bf16 would buy.
 2. A device-to-device copy: the memory ceiling.
 3. polyvit's per-op profile (polyvit.cuda.profile) of a forward and a training step at
-   batch 256 in each precision mode (bf16 also with POLYVIT_CUDA_ATTENTION=fused), and the
-   plain timings.
+   batch 256 in each precision mode (bf16 also with POLYVIT_CUDA_ATTENTION=fused and with
+   POLYVIT_CUDA_ATT_LD=pad), and the plain timings.
 """
 from __future__ import annotations
 
@@ -99,10 +99,11 @@ def polyvit_profile() -> dict:
     u8 = rng.integers(0, 256, (B, 224, 224, 3), dtype=np.uint8)
     y = rng.integers(0, 1000, B)
     out = {}
-    for mode in ("bf16", "bf16 fused", "tf32", "fp32"):
+    for mode in ("bf16", "bf16 fused", "bf16 pad", "tf32", "fp32"):
         precision = mode.split()[0]
-        # read when a model is made: the fused attention forward is opt-in
+        # read when a model is made: the fused attention forward and padded rows are opt-in
         os.environ["POLYVIT_CUDA_ATTENTION"] = "fused" if "fused" in mode else "cublas"
+        os.environ["POLYVIT_CUDA_ATT_LD"] = "pad" if "pad" in mode else ""
         m = polyvit.ViT(cfg, max_batch=B, seed=0, device="cuda", precision=precision)
         opt = polyvit.AdamW(m, lr=1e-4, weight_decay=0.05)
         loss = polyvit.Loss(ce=1.0)

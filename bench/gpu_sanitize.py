@@ -37,7 +37,7 @@ def workload() -> None:
     average pooling, fc_norm, float and uint8 input, capture, backward, AdamW, fp32 and bf16
     (bf16: the bf16 operand conversion; the unfused attention, and the fused forward with
     64-row tiles, with and without the raised shared-memory limit; head size 18 always takes
-    the unfused path)."""
+    the unfused path), and the saved probabilities with padded rows (POLYVIT_CUDA_ATT_LD)."""
     rng = np.random.default_rng(0)
     cfgs = [ViTConfig(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                       num_classes=10, act=("poly", "gelu"), poly_per_channel=(True, False),
@@ -49,10 +49,12 @@ def workload() -> None:
             ViTConfig(img_size=224, patch_size=16, embed_dim=128, depth=1, num_heads=2,
                       num_classes=10, act=("poly",))]
     for cfg in cfgs:
-        for mode in ("fp32", "bf16", "bf16 fused"):
+        for mode in ("fp32", "fp32 pad", "bf16", "bf16 fused pad"):
             precision = mode.split()[0]
-            # read when a model is made: the fused attention forward is opt-in
+            # read when a model is made: the fused attention forward and the padded rows of the
+            # saved probabilities are opt-in
             os.environ["POLYVIT_CUDA_ATTENTION"] = "fused" if "fused" in mode else "cublas"
+            os.environ["POLYVIT_CUDA_ATT_LD"] = "pad" if "pad" in mode else ""
             B = 3
             m = polyvit.ViT(cfg, max_batch=B, seed=0, device="cuda", precision=precision)
             set_params(m, random_params(cfg, rng))

@@ -48,8 +48,11 @@ from _common import cpu_name  # noqa: E402
 DEFAULT_MODELS = ["vit_base_patch16_224", "vit_small_patch16_224", "vit_small_patch4_32"]
 RESULT_TAG = "GPU_TRAIN_RESULT "
 # per-process time limits (seconds), further capped by what is left of the budget
-LIMITS = {"peak": 120, "polyvit": 150, "polyvit_fused": 150, "eager": 150, "compile_train": 240,
-          "compile_infer": 150}
+LIMITS = {"peak": 120, "polyvit": 150, "polyvit_fused": 150, "polyvit_pad": 150, "eager": 150,
+          "compile_train": 240, "compile_infer": 150}
+# opt-in engine variants timed beside the default (--variants): runner -> (environment, key)
+VARIANTS = {"fused": ("polyvit_fused", {"POLYVIT_CUDA_ATTENTION": "fused"}, "fused_attention"),
+            "pad": ("polyvit_pad", {"POLYVIT_CUDA_ATT_LD": "pad"}, "padded_attention_rows")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -305,8 +308,9 @@ def child(args) -> None:
             r = run_peak(args)
         elif args.child == "polyvit":
             r = run_polyvit(args)
-        elif args.child == "polyvit_fused":       # the opt-in fused attention forward (bf16)
-            os.environ["POLYVIT_CUDA_ATTENTION"] = "fused"
+        elif args.child in {v[0] for v in VARIANTS.values()}:   # an opt-in engine variant
+            env = next(v[1] for v in VARIANTS.values() if v[0] == args.child)
+            os.environ.update(env)
             r = run_polyvit(args)
         elif args.child == "eager":
             r = run_torch(args, False, ("infer", "train"))
@@ -397,10 +401,11 @@ def assemble(model: str, runs: dict, peak: dict, args, date: str) -> dict:
     for k in ("logits_rel_diff_vs_timm_fp32", "first_last_loss", "build_s", "op_profile_s"):
         if k in pv:
             p[k] = pv[k]
-    fused = runs.get("polyvit_fused")
-    if fused:   # POLYVIT_CUDA_ATTENTION=fused, same batch: its own numbers, not in the ratios
-        p["fused_attention"] = {**metrics(fused), **{k: fused[k] for k in (
-            "error", "op_profile_s", "logits_rel_diff_vs_timm_fp32") if k in fused}}
+    for runner, env, key in VARIANTS.values():   # same batch: their own numbers, not in ratios
+        v = runs.get(runner)
+        if v:
+            p[key] = {"environment": env, **metrics(v), **{k: v[k] for k in (
+                "error", "op_profile_s", "logits_rel_diff_vs_timm_fp32") if k in v}}
     if "error" in pv:
         p["error"] = pv["error"]
         p["traceback"] = pv.get("traceback") or pv.get("stderr_tail")
@@ -521,8 +526,9 @@ def main() -> None:
                     help="the host batch every runner copies up each step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
-    ap.add_argument("--fused-attention", action="store_true",
-                    help="also time polyvit with POLYVIT_CUDA_ATTENTION=fused (bf16 only)")
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="also time these opt-in engine variants: fused (POLYVIT_CUDA_ATTENTION="
+                         "fused, bf16 only), pad (POLYVIT_CUDA_ATT_LD=pad)")
     ap.add_argument("--time-budget", type=float, default=330.0,
                     help="seconds for the whole run; runs that no longer fit are skipped "
                          "(default %(default)s: under 6 minutes on an H100)")
@@ -559,8 +565,10 @@ def main() -> None:
     runs = {m: {} for m in args.models}
     for m in args.models:                          # the core numbers first
         runs[m]["polyvit"] = run("polyvit", m)
-        if args.fused_attention and args.precision == "bf16":
-            runs[m]["polyvit_fused"] = run("polyvit_fused", m)
+        for name in args.variants:
+            if name == "fused" and args.precision != "bf16":
+                continue                          # the fused attention is a bf16 path
+            runs[m][VARIANTS[name][0]] = run(VARIANTS[name][0], m)
         runs[m]["eager"] = run("eager", m)
     if not args.no_compile:                        # then torch.compile while time is left,
         for m in args.models:                      # model by model: the first is complete

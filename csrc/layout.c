@@ -161,7 +161,7 @@ size_t pv_carve_acts(pv_model *m, float *base) {
         TAKE(a->ln1_mean, B * T);
         TAKE(a->ln1_rstd, B * T);
         TAKE(a->qkv, B * T * 3 * C);
-        TAKE(a->att, B * NH * T * T);
+        TAKE(a->att, B * NH * T * (size_t)m->att_ld);
         TAKE(a->attn_y, B * T * C);
         TAKE(a->x_mid, B * T * C);
         TAKE(a->ln2, B * T * C);
@@ -204,6 +204,7 @@ int pv_layout_init(pv_model *m, const pv_config *cfg, int max_batch) {
     m->K = cfg->num_classes;
     m->patch_dim = cfg->in_chans * cfg->patch_size * cfg->patch_size;
     m->max_batch = max_batch;
+    m->att_ld = m->T;
     layout L = {0};
     build_layout(&L, cfg); /* count */
     L.t = (pv_tensor *)calloc((size_t)L.n, sizeof(pv_tensor));

@@ -97,6 +97,8 @@ typedef struct {
     pv_params P, G;
     /* activations */
     int max_batch;
+    int att_ld;     /* row stride of the saved attention probabilities: T (the CUDA engine may
+                     * pad it, so that cuBLAS sees 16-byte-aligned rows) */
     int last_batch; /* batch of the last forward whose activations are intact; 0 = none */
     float *act_mem;
     size_t act_floats;

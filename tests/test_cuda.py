@@ -358,6 +358,32 @@ def test_fused_attention_matches_unfused(case, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("precision,attention", [("fp32", "cublas"), ("bf16", "cublas"),
+                                                 ("bf16", "fused")])
+def test_padded_attention_rows_change_nothing(precision, attention, monkeypatch):
+    """POLYVIT_CUDA_ATT_LD=pad (the saved probabilities' rows 8-float aligned, T = 197 -> 200)
+    against the same model unpadded: the padding is never read, so the results agree up to
+    cuBLAS choosing other kernels (measured on the emulator: bit-identical)."""
+    kw, B = CASES["t197"]
+    cfg = ViTConfig(**kw)
+    rng = np.random.default_rng(3)
+    P = random_params(cfg, rng)
+    x = _images(cfg, B, 4)
+    d = (rng.standard_normal((B, cfg.num_classes)) / B).astype(np.float32)
+    monkeypatch.setenv("POLYVIT_CUDA_ATTENTION", attention)
+    out = {}
+    for ld in ("", "pad"):
+        monkeypatch.setenv("POLYVIT_CUDA_ATT_LD", ld)
+        m = _gpu(cfg, P, B, precision)
+        logits = m.forward(x).copy()
+        m.backward(d)
+        out[ld] = (logits, {n: g.copy() for n, g in m.grads.items()})
+    tol = 1e-5 if precision == "fp32" else 5e-3
+    assert rel(out["pad"][0], out[""][0]) <= tol
+    _assert_grads(out["pad"][1], out[""][1], 10 * tol, f"padded rows, {precision} {attention}")
+
+
+@gpu
 def test_capture_subset_and_grads_overwritten():
     cfg, P, x, d, ref_logits, ref_caps, ref_grads = _reference("poly_channel")
     m = _gpu(cfg, P, x.shape[0])

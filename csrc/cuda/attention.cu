@@ -84,12 +84,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-/* softmax of each row of length n, in place; one warp per row */
-__global__ void softmax_rows_kernel(float *__restrict__ x, size_t rows, int n) {
+/* softmax of each row of length n (rows ld apart), in place; one warp per row */
+__global__ void softmax_rows_kernel(float *__restrict__ x, size_t rows, int n, int ld) {
     size_t row = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return; /* whole warps leave together: rows are per warp */
-    float *p = x + row * n;
+    float *p = x + row * ld;
     float mx = -INFINITY;
     for (int j = lane; j < n; j += 32) mx = fmaxf(mx, p[j]);
     mx = warp_max(mx);
@@ -103,14 +103,14 @@ __global__ void softmax_rows_kernel(float *__restrict__ x, size_t rows, int n) {
     for (int j = lane; j < n; j += 32) p[j] *= inv;
 }
 
-/* dS = scale * P * (dP - sum_j P_j dP_j), in place over dP; one warp per row */
+/* dS = scale * P * (dP - sum_j P_j dP_j), in place over dP; one warp per row (rows ld apart) */
 __global__ void softmax_backward_kernel(float *__restrict__ d, const float *__restrict__ P,
-                                        size_t rows, int n, float scale) {
+                                        size_t rows, int n, int ld, float scale) {
     size_t row = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
-    float *g = d + row * n;
-    const float *p = P + row * n;
+    float *g = d + row * ld;
+    const float *p = P + row * ld;
     float dot = 0.0f;
     for (int j = lane; j < n; j += 32) dot += p[j] * g[j];
     dot = warp_sum(dot);
@@ -171,7 +171,8 @@ __device__ __forceinline__ void load_tile_bf16(__nv_bfloat16 *dst, const float *
 template <int HS, int BQ>
 __global__ void __launch_bounds__(BQ * 2)
     attention_fused_kernel(float *__restrict__ y, float *__restrict__ att,
-                           const float *__restrict__ qkv, int T, int NH, float scale) {
+                           const float *__restrict__ qkv, int T, int NH, int att_ld,
+                           float scale) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
     using namespace nvcuda;
     const int LDH = HS + 8;
@@ -236,7 +237,7 @@ __global__ void __launch_bounds__(BQ * 2)
         float inv = 1.0f / warp_sum(s);
         __syncwarp(); /* every lane has read the row: it may be overwritten */
         __nv_bfloat16 *prow = (__nv_bfloat16 *)row;
-        float *arow = att + ((size_t)bh * T + t) * T;
+        float *arow = att + ((size_t)bh * T + t) * att_ld;
 #pragma unroll
         for (int jj = 0; jj < FA_MAXJ; jj++) {
             int j = lane + 32 * jj;
@@ -284,15 +285,15 @@ __global__ void __launch_bounds__(BQ * 2)
 }
 
 template <int HS, int BQ>
-static int fused_launch(float *y, float *att, const float *qkv, int B, int T, int NH, float scale,
-                        cudaStream_t s) {
+static int fused_launch(float *y, float *att, const float *qkv, int B, int T, int NH, int att_ld,
+                        float scale, cudaStream_t s) {
     size_t bytes = fused_smem_bytes(T, HS, BQ);
     auto kernel = attention_fused_kernel<HS, BQ>;
     if (bytes > 48 * 1024)
         PV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)bytes));
     dim3 grid((unsigned)((T + BQ - 1) / BQ), (unsigned)(B * NH));
-    PV_LAUNCH(kernel, grid, BQ * 2, bytes, s)(y, att, qkv, T, NH, scale);
+    PV_LAUNCH(kernel, grid, BQ * 2, bytes, s)(y, att, qkv, T, NH, att_ld, scale);
     PV_LAUNCH_CHECK("attention_fused");
     return PV_OK;
 }
@@ -316,8 +317,8 @@ static int attention_fused(pv_cuda_model *cm, float *y, float *att, const float 
     cudaStream_t s = (cudaStream_t)cm->stream;
 #define FA_CASE(H)                                                                            \
     case H:                                                                                   \
-        *rc = bq == 64 ? fused_launch<H, 64>(y, att, qkv, B, T, NH, scale, s)                 \
-                       : fused_launch<H, 32>(y, att, qkv, B, T, NH, scale, s);                \
+        *rc = bq == 64 ? fused_launch<H, 64>(y, att, qkv, B, T, NH, m->att_ld, scale, s)      \
+                       : fused_launch<H, 32>(y, att, qkv, B, T, NH, m->att_ld, scale, s);     \
         return 1;
     switch (hs) {
         FA_CASE(16)
@@ -347,14 +348,15 @@ extern "C" int cu_attention_forward(pv_cuda_model *cm, float *y, float *att, con
     PV_LAUNCH(permute_qkv_kernel, grid_for(n, 256), 256, 0, s)(cm->qkvr, qkv, B, T, NH, hs);
     PV_LAUNCH_CHECK("permute_qkv");
     /* S (T,T) row-major per (b,h): S[t1][t2] = scale * q[t1] . k[t2] */
-    pv_gemm_plan ps = pv_plan_att_scores(T, hs, B * NH, scale);
+    const int L = m->att_ld;
+    pv_gemm_plan ps = pv_plan_att_scores(T, hs, B * NH, scale, L);
     rc = cu_gemm(cm, &ps, k, q, att);
     if (rc) return rc;
     size_t rows = (size_t)B * NH * T;
-    PV_LAUNCH(softmax_rows_kernel, grid_for(rows * 32, 256), 256, 0, s)(att, rows, T);
+    PV_LAUNCH(softmax_rows_kernel, grid_for(rows * 32, 256), 256, 0, s)(att, rows, T, L);
     PV_LAUNCH_CHECK("softmax_rows");
     /* vacc (T,hs) per (b,h) = P v */
-    pv_gemm_plan pv_ = pv_plan_att_values(T, hs, B * NH);
+    pv_gemm_plan pv_ = pv_plan_att_values(T, hs, B * NH, L);
     rc = cu_gemm(cm, &pv_, v, att, cm->vacc);
     if (rc) return rc;
     PV_LAUNCH(heads_kernel, grid_for(n, 256), 256, 0, s)(y, cm->vacc, B, T, NH, hs, 0);
@@ -376,24 +378,24 @@ extern "C" int cu_attention_backward(pv_cuda_model *cm, float *dqkv, const float
     PV_LAUNCH_CHECK("permute_qkv");
     PV_LAUNCH(heads_kernel, grid_for(n, 256), 256, 0, s)(cm->vacc, dy, B, T, NH, hs, 1);
     PV_LAUNCH_CHECK("tokens_to_heads");
-    int bh = B * NH;
+    int bh = B * NH, L = m->att_ld;
     /* dP (T,T) = dvacc v^T */
-    pv_gemm_plan p1 = pv_plan_att_dprobs(T, hs, bh);
+    pv_gemm_plan p1 = pv_plan_att_dprobs(T, hs, bh, L);
     int rc = cu_gemm(cm, &p1, v, cm->vacc, cm->d_attn);
     if (rc) return rc;
     /* dv (T,hs) = P^T dvacc */
-    pv_gemm_plan p2 = pv_plan_att_dvalues(T, hs, bh);
+    pv_gemm_plan p2 = pv_plan_att_dvalues(T, hs, bh, L);
     rc = cu_gemm(cm, &p2, cm->vacc, att, dv);
     if (rc) return rc;
     size_t rows = (size_t)B * NH * T;
     PV_LAUNCH(softmax_backward_kernel, grid_for(rows * 32, 256), 256, 0, s)(cm->d_attn, att, rows, T,
-                                                                     scale);
+                                                                     L, scale);
     PV_LAUNCH_CHECK("softmax_backward");
     /* dq = dS k, dk = dS^T q (dS already carries the scale) */
-    pv_gemm_plan p3 = pv_plan_att_dq(T, hs, bh);
+    pv_gemm_plan p3 = pv_plan_att_dq(T, hs, bh, L);
     rc = cu_gemm(cm, &p3, k, cm->d_attn, dq);
     if (rc) return rc;
-    pv_gemm_plan p4 = pv_plan_att_dk(T, hs, bh);
+    pv_gemm_plan p4 = pv_plan_att_dk(T, hs, bh, L);
     rc = cu_gemm(cm, &p4, q, cm->d_attn, dk);
     if (rc) return rc;
     PV_LAUNCH(permute_qkv_backward_kernel, grid_for(n, 256), 256, 0, s)(dqkv, cm->d_qkvr, B, T, NH, hs);

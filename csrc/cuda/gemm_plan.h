@@ -56,35 +56,36 @@ static inline pv_gemm_plan pv_plan_linear_dw(int M, int K, int N) {
 }
 
 /* ---- attention, per (batch, head): q, k, v, y each (T, hs) row-major, contiguous per head,
- * S and P (T, T) row-major; `bh` products T*hs (or T*T) floats apart ---------------------- */
+ * S and P (T, T) row-major with rows L >= T floats apart (the padding is never read or
+ * written); `bh` products T*hs (or T*L) floats apart ------------------------------------- */
 /* S = scale * q k^T: A = k, B = q, C = S */
-static inline pv_gemm_plan pv_plan_att_scores(int T, int hs, int bh, float scale) {
-    return pv_plan(1, 0, T, T, hs, hs, hs, T, (long long)T * hs, (long long)T * hs,
-                   (long long)T * T, bh, scale, 0.0f);
+static inline pv_gemm_plan pv_plan_att_scores(int T, int hs, int bh, float scale, int L) {
+    return pv_plan(1, 0, T, T, hs, hs, hs, L, (long long)T * hs, (long long)T * hs,
+                   (long long)T * L, bh, scale, 0.0f);
 }
 /* y = P v: A = v, B = P, C = y */
-static inline pv_gemm_plan pv_plan_att_values(int T, int hs, int bh) {
-    return pv_plan(0, 0, hs, T, T, hs, T, hs, (long long)T * hs, (long long)T * T,
+static inline pv_gemm_plan pv_plan_att_values(int T, int hs, int bh, int L) {
+    return pv_plan(0, 0, hs, T, T, hs, L, hs, (long long)T * hs, (long long)T * L,
                    (long long)T * hs, bh, 1.0f, 0.0f);
 }
 /* dP = dy v^T: A = v, B = dy, C = dP */
-static inline pv_gemm_plan pv_plan_att_dprobs(int T, int hs, int bh) {
-    return pv_plan(1, 0, T, T, hs, hs, hs, T, (long long)T * hs, (long long)T * hs,
-                   (long long)T * T, bh, 1.0f, 0.0f);
+static inline pv_gemm_plan pv_plan_att_dprobs(int T, int hs, int bh, int L) {
+    return pv_plan(1, 0, T, T, hs, hs, hs, L, (long long)T * hs, (long long)T * hs,
+                   (long long)T * L, bh, 1.0f, 0.0f);
 }
 /* dv = P^T dy: A = dy, B = P, C = dv */
-static inline pv_gemm_plan pv_plan_att_dvalues(int T, int hs, int bh) {
-    return pv_plan(0, 1, hs, T, T, hs, T, hs, (long long)T * hs, (long long)T * T,
+static inline pv_gemm_plan pv_plan_att_dvalues(int T, int hs, int bh, int L) {
+    return pv_plan(0, 1, hs, T, T, hs, L, hs, (long long)T * hs, (long long)T * L,
                    (long long)T * hs, bh, 1.0f, 0.0f);
 }
 /* dq = dS k: A = k, B = dS, C = dq */
-static inline pv_gemm_plan pv_plan_att_dq(int T, int hs, int bh) {
-    return pv_plan(0, 0, hs, T, T, hs, T, hs, (long long)T * hs, (long long)T * T,
+static inline pv_gemm_plan pv_plan_att_dq(int T, int hs, int bh, int L) {
+    return pv_plan(0, 0, hs, T, T, hs, L, hs, (long long)T * hs, (long long)T * L,
                    (long long)T * hs, bh, 1.0f, 0.0f);
 }
 /* dk = dS^T q: A = q, B = dS, C = dk */
-static inline pv_gemm_plan pv_plan_att_dk(int T, int hs, int bh) {
-    return pv_plan(0, 1, hs, T, T, hs, T, hs, (long long)T * hs, (long long)T * T,
+static inline pv_gemm_plan pv_plan_att_dk(int T, int hs, int bh, int L) {
+    return pv_plan(0, 1, hs, T, T, hs, L, hs, (long long)T * hs, (long long)T * L,
                    (long long)T * hs, bh, 1.0f, 0.0f);
 }
 

@@ -181,6 +181,14 @@ static int create(pv_cuda_model *cm, const pv_config *cfg, int max_batch, int de
      * the unfused path's 22 (bench/results/gpu-h100-2026-11-26); see attention.cu */
     const char *att = getenv("POLYVIT_CUDA_ATTENTION");
     cm->att_fused = att && strcmp(att, "fused") == 0;
+    /* POLYVIT_CUDA_ATT_LD=pad: the saved probabilities' rows start 32 bytes apart (T rounded up
+     * to 8 floats), so that cuBLAS's batched attention products see aligned rows (T = 197 at
+     * 224/16 is not). Opt-in until timed on a GPU: bench/gpu_probe.py measures the premise */
+    const char *ld = getenv("POLYVIT_CUDA_ATT_LD");
+    if (ld && strcmp(ld, "pad") == 0) {
+        m->att_ld = (m->T + 7) / 8 * 8;
+        m->act_floats = pv_carve_acts(m, NULL);
+    }
     cudaStream_t s;
     PV_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     cm->stream = s;
@@ -204,7 +212,7 @@ static int create(pv_cuda_model *cm, const pv_config *cfg, int max_batch, int de
     pv_bind_params(&m->G, m->grads, m);
     TRY(dalloc(cm, (void **)&m->act_mem, m->act_floats * sizeof(float), "the activations"));
     pv_carve_acts(m, m->act_mem);
-    size_t btc = B * T * C, bhtt = B * NH * T * T;
+    size_t btc = B * T * C, bhtt = B * NH * T * (size_t)m->att_ld;
     TRY(dalloc(cm, (void **)&cm->qkvr, 3 * btc * sizeof(float), "attention scratch"));
     TRY(dalloc(cm, (void **)&cm->d_qkvr, 3 * btc * sizeof(float), "attention scratch"));
     TRY(dalloc(cm, (void **)&cm->vacc, btc * sizeof(float), "attention scratch"));

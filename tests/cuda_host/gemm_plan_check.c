@@ -102,9 +102,9 @@ static void linear(int M, int K, int N, unsigned seed) {
 }
 
 /* attention on packed qkv (B, T, 3C) as attention.cu computes it, against direct math */
-static void attention(int B, int T, int C, int NH, unsigned seed) {
+static void attention(int B, int T, int C, int NH, int L, unsigned seed) {
     int hs = C / NH, bh = B * NH;
-    size_t n = (size_t)B * NH * T * hs, tt = (size_t)bh * T * T;
+    size_t n = (size_t)B * NH * T * hs, tt = (size_t)bh * T * L; /* S, P: rows L >= T apart */
     float scale = 1.0f / sqrtf((float)hs);
     float *qkv = rnd((size_t)B * T * 3 * C, &seed), *dy = rnd((size_t)B * T * C, &seed);
     float *qkvr = malloc(sizeof(float) * 3 * n), *att = malloc(sizeof(float) * tt);
@@ -114,6 +114,7 @@ static void attention(int B, int T, int C, int NH, unsigned seed) {
     double *want = malloc(sizeof(double) * (size_t)B * T * 3 * C);
     double *P = malloc(sizeof(double) * T * T), *dS = malloc(sizeof(double) * T * T);
     char name[96];
+    for (size_t i = 0; i < tt; i++) att[i] = dP[i] = NAN; /* the row padding must stay unread */
 
     /* ---- forward, as cu_attention_forward ---- */
     for (size_t i = 0; i < n; i++) {
@@ -123,15 +124,15 @@ static void attention(int B, int T, int C, int NH, unsigned seed) {
         qkvr[2 * n + i] = qkv[src + 2 * C];
     }
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
-    pv_gemm_plan p = pv_plan_att_scores(T, hs, bh, scale);
+    pv_gemm_plan p = pv_plan_att_scores(T, hs, bh, scale, L);
     ref_gemm(&p, k, q, att);
     for (size_t r = 0; r < (size_t)bh * T; r++) { /* softmax rows (the kernel's formula) */
-        float *row = att + r * T, mx = -INFINITY, s = 0;
+        float *row = att + r * L, mx = -INFINITY, s = 0;
         for (int j = 0; j < T; j++) mx = fmaxf(mx, row[j]);
         for (int j = 0; j < T; j++) s += row[j] = expf(row[j] - mx);
         for (int j = 0; j < T; j++) row[j] /= s;
     }
-    p = pv_plan_att_values(T, hs, bh);
+    p = pv_plan_att_values(T, hs, bh, L);
     ref_gemm(&p, v, att, vacc);
     for (size_t i = 0; i < n; i++) y[pv_heads_offset((long long)i, T, NH, hs)] = vacc[i];
 
@@ -197,26 +198,26 @@ static void attention(int B, int T, int C, int NH, unsigned seed) {
 #undef K_
 #undef V
         }
-    snprintf(name, sizeof name, "attention forward B%d T%d C%d NH%d", B, T, C, NH);
+    snprintf(name, sizeof name, "attention forward B%d T%d C%d NH%d L%d", B, T, C, NH, L);
     check(name, y, want, (size_t)B * T * C);
     for (size_t i = 0; i < (size_t)B * T * 3 * C; i++) want[i] = dqkv[i];
 
     /* ---- backward, as cu_attention_backward ---- */
     for (size_t i = 0; i < n; i++) vacc[i] = dy[pv_heads_offset((long long)i, T, NH, hs)];
     float *dq = dqkvr, *dk = dqkvr + n, *dv = dqkvr + 2 * n;
-    p = pv_plan_att_dprobs(T, hs, bh);
+    p = pv_plan_att_dprobs(T, hs, bh, L);
     ref_gemm(&p, v, vacc, dP);
-    p = pv_plan_att_dvalues(T, hs, bh);
+    p = pv_plan_att_dvalues(T, hs, bh, L);
     ref_gemm(&p, vacc, att, dv);
     for (size_t r = 0; r < (size_t)bh * T; r++) { /* softmax backward (the kernel's formula) */
-        float *g = dP + r * T, dot = 0;
-        const float *pr = att + r * T;
+        float *g = dP + r * L, dot = 0;
+        const float *pr = att + r * L;
         for (int j = 0; j < T; j++) dot += pr[j] * g[j];
         for (int j = 0; j < T; j++) g[j] = scale * pr[j] * (g[j] - dot);
     }
-    p = pv_plan_att_dq(T, hs, bh);
+    p = pv_plan_att_dq(T, hs, bh, L);
     ref_gemm(&p, k, dP, dq);
-    p = pv_plan_att_dk(T, hs, bh);
+    p = pv_plan_att_dk(T, hs, bh, L);
     ref_gemm(&p, q, dP, dk);
     for (size_t i = 0; i < n; i++) {
         long long dst = pv_qkv_offset((long long)i, T, NH, hs);
@@ -224,7 +225,7 @@ static void attention(int B, int T, int C, int NH, unsigned seed) {
         dqkv[dst + C] = dk[i];
         dqkv[dst + 2 * C] = dv[i];
     }
-    snprintf(name, sizeof name, "attention backward B%d T%d C%d NH%d", B, T, C, NH);
+    snprintf(name, sizeof name, "attention backward B%d T%d C%d NH%d L%d", B, T, C, NH, L);
     check(name, dqkv, want, (size_t)B * T * 3 * C);
     free(qkv); free(dy); free(qkvr); free(att); free(vacc); free(y); free(dP); free(dqkvr);
     free(dqkv); free(want); free(P); free(dS);
@@ -235,10 +236,14 @@ int main(void) {
     linear(7, 5, 3, 2);
     linear(13, 8, 21, 3);
     linear(65, 32, 96, 4);
-    attention(1, 1, 4, 1, 5);
-    attention(2, 5, 8, 2, 6);
-    attention(3, 17, 12, 3, 7);
-    attention(2, 65, 32, 4, 8);
+    attention(1, 1, 4, 1, 1, 5);
+    attention(2, 5, 8, 2, 5, 6);
+    attention(3, 17, 12, 3, 17, 7);
+    attention(2, 65, 32, 4, 65, 8);
+    /* rows padded as POLYVIT_CUDA_ATT_LD=pad pads them (T rounded up to 8) */
+    attention(2, 5, 8, 2, 8, 9);
+    attention(3, 17, 12, 3, 24, 10);
+    attention(2, 65, 32, 4, 72, 11);
     printf("%s: %d failure(s)\n", fails ? "FAILED" : "all ok", fails);
     return fails ? 1 : 0;
 }
