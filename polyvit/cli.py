@@ -10,12 +10,11 @@ whole experiment. Registered into ``python -m polyvit`` by ``polyvit/__main__.py
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import sys
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -202,7 +201,7 @@ def cmd_experiment(args) -> int:
                           coeff_lr=args.coeff_lr, batch_size=args.batch_size, out=args.out,
                           seed=args.seed, methods=args.methods, command=cmd,
                           magnitude=None if args.magnitude < 0 else args.magnitude,
-                          redo=args.redo)
+                          redo=args.redo, v3_loss=args.v3_loss, final_stages_n=args.final_stages)
     print(experiment.table(rows))
     return 0
 
@@ -285,6 +284,12 @@ def register(sub) -> None:
     p.add_argument("--coeff-lr", type=float, default=5e-3)
     p.add_argument("--magnitude", type=int, default=9)
     p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--v3-loss", choices=("kd", "mse"), default="kd",
+                   help="V3's loss: kd (0.9 KL at T=4 + 0.1 CE, the seed's distillation; default) "
+                        "or mse (the final recipe's pure logit MSE)")
+    p.add_argument("--final-stages", type=int, default=1,
+                   help="the final recipe in N progressive stages: the blocks replaced in N "
+                        "groups over the same epochs (default 1: all at once, from V2)")
     p.add_argument("--out", required=True)
     p.add_argument("--redo", action="store_true",
                    help="recompute rows whose JSON is already in --out (default: keep them, and "

@@ -1,6 +1,14 @@
 """The seed's experiment on any GELU teacher: V1 static fit, V2 DirectFit + Scale Fix,
 V3 distillation with frozen coefficients, and the final recipe (trainable coefficients, pure
-logit MSE), for each chosen configuration (Hybrid-k, Full). One JSON per row, a table at the end.
+logit MSE, progressive stages), for each chosen configuration (Hybrid-k, Full). One JSON per
+row, a table at the end.
+
+V3 is classic knowledge distillation (Hinton's: KL to the teacher's softened logits at T = 4,
+weight 0.9, plus 0.1 cross-entropy on the (mixed) labels), as the seed contrasts it with the
+final recipe's *pure* logit MSE; ``v3_loss="mse"`` gives V3 the final's loss instead, leaving
+the coefficients (and stages) as the only difference. ``final_stages=n`` splits the final
+recipe into n progressive stages: the configuration's blocks become quadratic in n contiguous
+groups (DirectFit + Scale Fix for each group as it is replaced), over the same total epochs.
 
     python -m polyvit experiment --teacher model.safetensors --configs hybrid-2 full --epochs 2 \\
         --out results/mymodel
@@ -25,6 +33,8 @@ from .students import student as make_student
 from .training import Distiller, Stage
 
 METHODS = ("V1", "V2", "V3", "final")
+V3_LOSSES = {"kd": dict(kl=0.9, ce=0.1, temperature=4.0), "mse": dict(mse=1.0, ce=0.0)}
+FINAL_LOSS = dict(mse=1.0, ce=0.0)
 
 
 def parse_config(name: str, depth: int) -> List[int]:
@@ -65,15 +75,56 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+def final_stages(blocks: Sequence[int], epochs: int, n: int, lr: float,
+                 magnitude: Optional[int]) -> List[Stage]:
+    """The final recipe's stages: with ``n == 1`` one stage over the V2 student as it is; with
+    ``n > 1`` the blocks are replaced in ``n`` contiguous groups (group i joins at stage i,
+    DirectFit + Scale Fix on calibration images), the epochs split as evenly as they go with
+    the remainder on the last stages, each stage with its own warmup and cosine."""
+    blocks = list(blocks)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"final_stages must be a positive integer, got {n!r}")
+    if n > len(blocks):
+        raise ValueError(f"final_stages={n} exceeds the {len(blocks)} replaced blocks: each "
+                         f"stage must replace at least one")
+    if n > epochs:
+        raise ValueError(f"final_stages={n} exceeds the {epochs} epochs: each stage needs one")
+    if n == 1:
+        return [Stage(epochs=epochs, lr=lr, warmup_epochs=min(1.0, epochs / 4), magnitude=magnitude)]
+    base, extra = divmod(epochs, n)
+    stages, upto = [], 0
+    for i in range(n):
+        size = len(blocks) // n + (1 if i < len(blocks) % n else 0)
+        upto += size
+        e = base + (1 if i >= n - extra else 0)
+        stages.append(Stage(epochs=e, lr=lr, warmup_epochs=min(1.0, e / 4), magnitude=magnitude,
+                            blocks=blocks[:upto], fit="directfit"))
+    return stages
+
+
+def _recipe(method: str, stages: Sequence[Stage], v3_loss: str, lr: float,
+            coeff_lr: float, batch_size: int) -> Dict[str, Any]:
+    loss = V3_LOSSES[v3_loss] if method == "V3" else FINAL_LOSS
+    return {"loss": dict(loss), "trainable_coeffs": method == "final", "lr": lr,
+            "coeff_lr": coeff_lr if method == "final" else None, "batch_size": batch_size,
+            "stages": [{"epochs": st.epochs, "blocks": st.blocks, "magnitude": st.magnitude,
+                        "mixup": st.mixup is not None} for st in stages]}
+
+
 def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         lr: float = 5e-4, coeff_lr: float = 5e-3, batch_size: int = 64,
         calibration: int = 512, eval_size: Optional[int] = None, methods: Sequence[str] = METHODS,
         out: Optional[str] = None, seed: int = 0, magnitude: Optional[int] = 9,
-        command: str = "", progress: bool = True, redo: bool = False) -> List[Dict[str, Any]]:
+        command: str = "", progress: bool = True, redo: bool = False, v3_loss: str = "kd",
+        final_stages_n: int = 1) -> List[Dict[str, Any]]:
     """Run the methods for each configuration; returns the rows (also written under ``out``).
 
     V3 and final share epochs, learning rate and augmentation (RandAugment + Mixup/CutMix),
-    as the seed compares them; they start from the V2 (DirectFit + Scale Fix) student.
+    as the seed compares them. V3 starts from the V2 (DirectFit + Scale Fix) student and
+    trains with ``v3_loss`` (``"kd"``: 0.9 KL at T = 4 + 0.1 CE; ``"mse"``), coefficients
+    frozen; final trains coefficients too, on pure logit MSE, in ``final_stages_n`` stages
+    (1: from the V2 student; more: progressive replacement, see :func:`final_stages`).
+    Each distilled row records its recipe.
 
     With ``out``, the experiment can be stopped and run again with the same arguments: rows
     whose JSON is already under ``out`` are kept (``redo=True`` recomputes them), and an
@@ -83,7 +134,12 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
     for mth in methods:
         if mth not in METHODS:
             raise ValueError(f"unknown method {mth!r}; choose from {METHODS}")
+    if v3_loss not in V3_LOSSES:
+        raise ValueError(f"unknown v3_loss {v3_loss!r}; choose from {tuple(V3_LOSSES)}")
     depth = teacher.config.depth
+    for name in configs:   # every configuration's stages checked before any work starts
+        final_stages(parse_config(name, depth), epochs,
+                     final_stages_n if "final" in methods else 1, lr, magnitude)
     test = test_data if eval_size is None else test_data[:eval_size]
     rng = np.random.default_rng([seed, 11])
     cal_idx = np.sort(rng.choice(len(train_data), min(calibration, len(train_data)), replace=False))
@@ -98,17 +154,32 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         label = config_label(name, depth)
         for mth in methods:
             done = os.path.join(out, f"{label}-{mth}.json") if out else None
+            stages = final_stages(blocks, epochs, final_stages_n if mth == "final" else 1, lr,
+                                  magnitude)
+            recipe = _recipe(mth, stages, v3_loss, lr, coeff_lr, batch_size) \
+                if mth in ("V3", "final") else None
             if done and not redo and os.path.exists(done):
                 with open(done) as f:
-                    rows.append(json.load(f))
+                    kept = json.load(f)
+                if recipe is not None and kept.get("recipe") != recipe:
+                    raise ValueError(f"{done} was made with another recipe ({kept.get('recipe')}) "
+                                     f"than this run's ({recipe}): run with --redo (redo=True) to "
+                                     f"recompute it, or choose another output folder")
+                rows.append(kept)
                 if progress:
                     print(f"{label} {mth}: kept from {done}", file=sys.stderr, flush=True)
                 continue
             t = time.time()
-            s = make_student(teacher, blocks, max_batch=max(batch_size, 64))
-            extra: Dict[str, Any] = {}
+            progressive = mth == "final" and final_stages_n > 1
+            if progressive:   # the stages replace the blocks, group by group
+                s = teacher.copy(max_batch=max(batch_size, 64))
+            else:
+                s = make_student(teacher, blocks, max_batch=max(batch_size, 64))
+            extra: Dict[str, Any] = {} if recipe is None else {"recipe": recipe}
             if mth == "V1":
                 fitting.static(s, blocks)
+            elif progressive:
+                pass
             else:
                 reps = fitting.directfit(s, teacher, cal, blocks)
                 extra["fits"] = [r.to_dict() for r in reps]
@@ -118,14 +189,12 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
             if mth in ("V3", "final"):
                 wd = os.path.join(out, "runs", f"{label}-{mth}") if out else None
                 d = Distiller(s, teacher, train_data, (test.images, test.labels),
-                              loss=Loss(mse=1.0, ce=0.0),
-                              stages=[Stage(epochs=epochs, lr=lr, warmup_epochs=min(1.0, epochs / 4),
-                                            magnitude=magnitude)],
+                              loss=Loss(**recipe["loss"]), stages=stages,
                               trainable_coeffs=(mth == "final"), coeff_lr=coeff_lr,
                               batch_size=batch_size, seed=seed, workdir=wd, progress=progress,
-                              eval_size=min(2000, len(test)))
+                              eval_size=min(2000, len(test)), calibration_size=calibration)
                 fit_seconds = time.time() - t
-                extra["history"] = d.run()
+                extra["history"] = d.run(resume=not redo)
                 ep = [rec for rec in _read_jsonl(d.log_path) if rec.get("type") == "epoch"] \
                     if d.log_path else []
                 seconds = fit_seconds + sum(rec.get("seconds", 0.0) for rec in ep) if ep \

@@ -174,6 +174,19 @@ class Trainer:
         base_lr = max(s.lr for s in self.stages) or 1e-3
         self.optimizer = AdamW(model, lr=base_lr, weight_decay=weight_decay, groups=groups,
                                clip_grad_norm=clip_grad_norm)
+        # what the run is, written into each checkpoint: resuming under another plan would
+        # silently train something that is neither run
+        self.plan = {"stages": [dataclasses.asdict(st) for st in self.stages],
+                     "loss": {"ce": self.loss.ce, "mse": self.loss.mse, "kl": self.loss.kl,
+                              "temperature": self.loss.temperature,
+                              "label_smoothing": self.loss.label_smoothing},
+                     "batch_size": self.batch_size, "train_size": len(self.train_data),
+                     "weight_decay": float(weight_decay), "label_smoothing": self.label_smoothing,
+                     "trainable_coeffs": self.trainable_coeffs,
+                     "coeff_lr": None if coeff_lr is None else float(coeff_lr),
+                     "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm)}
+        self.plan = json.loads(json.dumps(   # tuples -> lists, as read back
+            self.plan, default=lambda o: o.tolist() if hasattr(o, "tolist") else repr(o)))
         self._coeff_lr = coeff_lr
         # position: stage, epoch within stage, batch within epoch, global step
         self.state: Dict[str, Any] = dict(stage=0, epoch=0, batch=0, step=0, stage_started=False,
@@ -275,6 +288,10 @@ class Trainer:
             os.makedirs(self.workdir, exist_ok=True)
             if resume and os.path.exists(self.checkpoint_path):
                 self.load_checkpoint(self.checkpoint_path)
+            elif self.state["step"] == 0 and self.log_path and os.path.exists(self.log_path):
+                # a fresh run in a folder with an older run's log: keep that log beside, so
+                # that this one's log (and its curves) hold this run alone
+                os.replace(self.log_path, self.log_path + ".old")
         with _StopRequest() as stop_request:
             return self._run(stop_after_steps, stop_request)
 
@@ -407,7 +424,7 @@ class Trainer:
             st["log_bytes"] = os.path.getsize(self.log_path)
         meta = {"format": CKPT_FORMAT, "polyvit_config": m.config.to_json(),
                 "trainer_state": json.dumps(st), "optimizer_step": str(self.optimizer.step_count),
-                "seed": str(self.seed)}
+                "seed": str(self.seed), "plan": json.dumps(self.plan)}
         blob = serialise(tensors, metadata=meta)
         atomic_save(path, lambda f: f.write(blob))
 
@@ -425,6 +442,15 @@ class Trainer:
         if int(meta.get("seed", self.seed)) != self.seed:
             raise ValueError(f"{path} was written with seed {meta.get('seed')}, this run has "
                              f"seed {self.seed}; resuming would not reproduce the run")
+        if "plan" in meta:   # (checkpoints written before plans were recorded have none)
+            plan = json.loads(meta["plan"])
+            if plan != self.plan:
+                diff = sorted(k for k in set(plan) | set(self.plan) if plan.get(k) != self.plan.get(k))
+                raise ValueError(
+                    f"{path} belongs to a run with another plan ({', '.join(diff)} differ: "
+                    + "; ".join(f"{k} was {plan.get(k)!r}, now {self.plan.get(k)!r}" for k in diff)
+                    + "); resuming would train neither run. Use the run's own settings, another "
+                      "output folder, or start over (resume=False / --restart)")
         cfg = ViTConfig.from_json(meta["polyvit_config"])
         m = self.model
         if cfg != m.config:  # stages changed the activations: rebuild the layout first

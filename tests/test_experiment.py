@@ -1,0 +1,142 @@
+"""The experiment runner's recipes: V3's loss, the final recipe's progressive stages, the recipe
+recorded in each row and checked on reuse; and a training run's plan, checked on resume."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+
+import polyvit
+from polyvit import experiment
+from polyvit.datasets import Dataset
+from polyvit.training import Distiller, Stage
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
+
+
+def _data(n, seed):
+    """uint8 NHWC images whose class (0..3) is the brightest quadrant."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 120, (n, 16, 16, 3)).astype(np.uint8)
+    y = rng.integers(0, 4, n)
+    for i, (r, c) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
+        x[y == i, r:r + 8, c:c + 8] += 100
+    return Dataset(x, y.astype(np.int64), classes=["a", "b", "c", "d"], name="synthetic")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    cfg = polyvit.ViTConfig(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2,
+                            mlp_ratio=2.0, num_classes=4, mean=MEAN, std=STD)
+    t = polyvit.ViT(cfg, max_batch=64, seed=0)
+    polyvit.train(t, _data(256, 1), epochs=2, lr=2e-3, batch_size=32, progress=False,
+                  magnitude=None, mixup=None)
+    return t
+
+
+def test_final_stages_split_blocks_and_epochs():
+    one = experiment.final_stages(list(range(12)), 10, 1, 5e-4, 9)
+    assert len(one) == 1 and one[0].epochs == 10 and one[0].blocks is None
+    three = experiment.final_stages(list(range(12)), 10, 3, 5e-4, 9)
+    assert [s.epochs for s in three] == [3, 3, 4]          # the remainder on the last stage
+    assert [s.blocks for s in three] == [list(range(4)), list(range(8)), list(range(12))]
+    assert all(s.fit == "directfit" and s.magnitude == 9 and s.lr == 5e-4 for s in three)
+    two = experiment.final_stages([0, 1, 2], 5, 2, 1e-3, None)
+    assert [s.blocks for s in two] == [[0, 1], [0, 1, 2]] and [s.epochs for s in two] == [2, 3]
+    with pytest.raises(ValueError, match="exceeds the 2 replaced blocks"):
+        experiment.final_stages([0, 1], 10, 3, 5e-4, 9)
+    with pytest.raises(ValueError, match="exceeds the 2 epochs"):
+        experiment.final_stages(list(range(6)), 2, 3, 5e-4, 9)
+    with pytest.raises(ValueError, match="positive integer"):
+        experiment.final_stages([0, 1], 2, 0, 5e-4, 9)
+
+
+def _run(teacher, out, **kw):
+    args = dict(configs=["full"], epochs=2, batch_size=32, calibration=64, methods=["V3", "final"],
+                out=str(out), magnitude=None, progress=False)
+    args.update(kw)
+    return experiment.run(teacher, _data(128, 2), _data(64, 3), **args)
+
+
+def test_recipes_recorded_progressive_final_and_reuse_checked(teacher, tmp_path):
+    rows = _run(teacher, tmp_path, final_stages_n=2)
+    v3, final = rows[1], rows[2]
+    assert v3["recipe"]["loss"] == {"kl": 0.9, "ce": 0.1, "temperature": 4.0}
+    assert v3["recipe"]["trainable_coeffs"] is False and v3["recipe"]["coeff_lr"] is None
+    assert final["recipe"]["loss"] == {"mse": 1.0, "ce": 0.0} and final["recipe"]["trainable_coeffs"]
+    assert [s["blocks"] for s in final["recipe"]["stages"]] == [[0, 1], [0, 1, 2, 3]]
+    assert [s["epochs"] for s in final["recipe"]["stages"]] == [1, 1]
+    # the progressive run ends with every block quadratic, and its log holds both stages
+    assert [b["activation"] for b in final["blocks"]] == ["poly"] * 4
+    assert final["gelu_comparison_pct"] == 0.0
+    log = [json.loads(l) for l in open(tmp_path / "runs" / "Full-4-final" / "log.jsonl")]
+    assert [(r["stage"], r["epoch"]) for r in log if r["type"] == "epoch"] == [(0, 0), (1, 0)]
+    # run again with the same recipe: both rows kept as they are
+    again = _run(teacher, tmp_path, final_stages_n=2)
+    assert again[2]["fidelity"] == final["fidelity"] and again[1]["seconds"] == v3["seconds"]
+    # another recipe over the same folder: refused, not mixed in
+    with pytest.raises(ValueError, match="another recipe.*--redo"):
+        _run(teacher, tmp_path, final_stages_n=1)
+    with pytest.raises(ValueError, match="another recipe"):
+        _run(teacher, tmp_path, v3_loss="mse", final_stages_n=2, methods=["V3"])
+    # --redo recomputes: the distillation starts over (its old log kept aside), from V2
+    redone = _run(teacher, tmp_path, final_stages_n=1, methods=["final"], redo=True)
+    assert len(redone[1]["recipe"]["stages"]) == 1 and redone[1]["recipe"]["stages"][0]["blocks"] is None
+    log = [json.loads(l) for l in open(tmp_path / "runs" / "Full-4-final" / "log.jsonl")]
+    assert [(r["stage"], r["epoch"]) for r in log if r["type"] == "epoch"] == [(0, 0), (0, 1)]
+    assert os.path.exists(tmp_path / "runs" / "Full-4-final" / "log.jsonl.old")
+
+
+def test_bad_recipe_arguments_fail_before_any_work(teacher, tmp_path):
+    with pytest.raises(ValueError, match="v3_loss"):
+        _run(teacher, tmp_path, v3_loss="kl")
+    with pytest.raises(ValueError, match="exceeds the 2 epochs"):
+        _run(teacher, tmp_path, configs=["hybrid-3", "full"], final_stages_n=3)
+    assert not os.path.exists(tmp_path / "Hybrid-3-V3.json")
+    with pytest.raises(ValueError, match="exceeds the 1 replaced blocks"):
+        _run(teacher, tmp_path, configs=["hybrid-1"], final_stages_n=2)
+
+
+def test_the_v3_loss_choice_changes_the_training(teacher, tmp_path):
+    """kd and mse give different students (the loss reaches the Distiller)."""
+    kd = _run(teacher, tmp_path / "kd", methods=["V3"], epochs=1)[1]
+    mse = _run(teacher, tmp_path / "mse", methods=["V3"], epochs=1, v3_loss="mse")[1]
+    assert mse["recipe"]["loss"] == {"mse": 1.0, "ce": 0.0}
+    assert kd["logit_cosine"] != mse["logit_cosine"]
+
+
+def _distiller(teacher, workdir, epochs=2, lr=1e-3, seed=0):
+    s = polyvit.full(teacher, max_batch=32)
+    return Distiller(s, teacher, _data(96, 4), stages=[Stage(epochs=epochs, lr=lr, magnitude=None)],
+                     batch_size=32, workdir=str(workdir), progress=False, seed=seed)
+
+
+def test_resume_under_another_plan_is_refused(teacher, tmp_path):
+    d = _distiller(teacher, tmp_path)
+    d.run(stop_after_steps=2)
+    with pytest.raises(ValueError, match=r"another plan \(stages differ"):
+        _distiller(teacher, tmp_path, epochs=3).run()
+    with pytest.raises(ValueError, match="another plan"):
+        _distiller(teacher, tmp_path, lr=2e-3).run()
+    # the same plan resumes; resume=False starts over with the old log kept aside
+    hist = _distiller(teacher, tmp_path).run()
+    assert len(hist) == 2
+    _distiller(teacher, tmp_path, epochs=1).run(resume=False)
+    assert os.path.exists(tmp_path / "log.jsonl.old")
+
+
+def test_checkpoint_without_a_plan_still_resumes(teacher, tmp_path):
+    """Checkpoints written before plans were recorded (the teacher's, mid-run) resume."""
+    d = _distiller(teacher, tmp_path)
+    d.run(stop_after_steps=2)
+    ck = str(tmp_path / "checkpoint.safetensors")
+    with safe_open(ck, "np") as f:
+        meta = dict(f.metadata())
+    del meta["plan"]
+    save_file(load_file(ck), ck, metadata=meta)
+    hist = _distiller(teacher, tmp_path, epochs=3).run()   # nothing to compare against
+    assert len(hist) == 3
