@@ -24,7 +24,7 @@ def assets_present() -> bool:
     return os.path.isfile(TEACHER) and os.path.isfile(IMAGES)
 
 
-def load_assets(max_batch: int = 256):
+def load_assets(max_batch: int = 64):
     """(teacher, train (images, labels), test (images, labels), class names)."""
     import polyvit
 
@@ -61,7 +61,7 @@ def run(epochs: int = 8, blocks: Any = "all", batch_size: int = 50, lr: float = 
     label = "Full" if blocks == "all" else f"blocks {blocks}"
     row("teacher (GELU)", teacher, 0.0)
     t = time.time()
-    s1 = polyvit.student(teacher, blocks)
+    s1 = polyvit.student(teacher, blocks, max_batch=64)
     fit.static(s1, blocks)
     row(f"{label}, V1 static fit", s1, time.time() - t)
     t = time.time()

@@ -1,7 +1,7 @@
 """Write the demo's assets into polyvit/data/: the teacher (float16, from a trained polyvit model
 or training checkpoint) and a class-balanced sample of real CIFAR-10 test images.
 
-    python tools/make_demo_assets.py results/teacher-mini/model.safetensors --per-class 50
+    python tools/make_demo_assets.py results/teacher-cifar12/checkpoint.safetensors --per-class 50
 """
 import argparse
 import json
