@@ -31,9 +31,10 @@ def best_time(fn, repeats: int, warmup: int = 1) -> float:
 
 def load_cifar_model(name: str, max_batch: int = 256):
     """A CIFAR-10 teacher with its data: (teacher, 512 calibration images, test images, test
-    labels, the k of its Hybrid-k). ``name``: "demo" (the teacher and images shipped in the
-    package: its calibration half and the shared test set) or "volterra" (the third-party
-    volterra-vit128 in ../shared/data or $POLYVIT_DATA)."""
+    labels, the k of its Hybrid-k: half its depth). ``name``: "demo" (the teacher and images
+    shipped in the package: its calibration half and the shared test set), "volterra" (the
+    third-party volterra-vit128 in ../shared/data or $POLYVIT_DATA) or "cifar12" (polyvit's
+    12-block teacher, results/teacher-cifar12/model.safetensors, once trained)."""
     import os
     import sys
 
@@ -47,13 +48,36 @@ def load_cifar_model(name: str, max_batch: int = 256):
         from polyvit.demo import load_assets
 
         t, train, _, _ = load_assets(max_batch=max_batch)
-        return t, train[0], test.images, np.asarray(test.labels), 3
+        return t, train[0], test.images, np.asarray(test.labels), t.config.depth // 2
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    data = os.environ.get("POLYVIT_DATA") or os.path.join(root, "..", "shared", "data")
-    path = os.path.join(data, "volterra-vit128.safetensors")
-    if not os.path.exists(path):
-        sys.exit(f"{path} not found (set POLYVIT_DATA)")
-    t = polyvit.import_weights(path, max_batch=max_batch)
+    if name == "cifar12":
+        path = os.path.join(root, "results", "teacher-cifar12", "model.safetensors")
+        if not os.path.exists(path):
+            sys.exit(f"{path} not found: the 12-block teacher has not finished "
+                     f"(bash results/teacher-cifar12/run.sh)")
+        t = polyvit.load(path, max_batch=max_batch)
+    else:
+        data = os.environ.get("POLYVIT_DATA") or os.path.join(root, "..", "shared", "data")
+        path = os.path.join(data, "volterra-vit128.safetensors")
+        if not os.path.exists(path):
+            sys.exit(f"{path} not found (set POLYVIT_DATA)")
+        t = polyvit.import_weights(path, max_batch=max_batch)
     tr = datasets.load_cifar10_jpeg("train")
     cal = tr.images[np.random.default_rng(0).choice(len(tr), 512, replace=False)]
-    return t, cal, test.images, np.asarray(test.labels), 2
+    return t, cal, test.images, np.asarray(test.labels), t.config.depth // 2
+
+
+def balanced_subset(labels, n: int, seed: int = 0):
+    """Indices of ``n`` test images, as even across the classes as ``n`` allows (seeded). The
+    CIFAR-10 JPEG test archive is stored class by class, so its first N images are one class."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+    idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False)
+                          for c, k in zip(classes, per)])
+    return np.sort(idx)

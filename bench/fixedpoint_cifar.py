@@ -17,9 +17,11 @@ import sys
 import time
 import warnings
 
+import numpy as np
+
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name, load_cifar_model  # noqa: E402
+from _common import balanced_subset, cpu_name, load_cifar_model  # noqa: E402
 
 import polyvit  # noqa: E402
 from polyvit import fit  # noqa: E402
@@ -30,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=("volterra", "demo"), default="volterra")
+    ap.add_argument("--model", choices=("volterra", "demo", "cifar12"), default="volterra")
     ap.add_argument("--frac-bits", type=int, nargs="+", default=[12, 14, 16, 18])
     ap.add_argument("--images", type=int, default=None, help="default: the whole test set")
     ap.add_argument("--out")
@@ -39,7 +41,8 @@ def main():
     os.makedirs(os.path.dirname(out), exist_ok=True)
     teacher, cal, x, y, k = load_cifar_model(a.model)
     if a.images:
-        x, y = x[:a.images], y[:a.images]
+        pick = balanced_subset(y, a.images)   # the archive is stored class by class
+        x, y = x[pick], np.asarray(y)[pick]
     d = teacher.config.depth
     rows = []
     for label, blocks in (("teacher (GELU)", []), (f"Hybrid-{k}", list(range(k))),

@@ -5,7 +5,8 @@
 
 For each configuration: the students get DirectFit + Scale Fix coefficients (V2) on 512 training
 images; the model then runs under SPU (64-bit ring, 18 fractional bits, secret images and secret
-weights) on the first N test images, and we record the agreement of SPU's predictions with the
+weights) on N test images, as even across the classes as N allows (the archive
+is stored class by class), and we record the agreement of SPU's predictions with the
 plaintext C engine's, top-1 of both, bytes one party sends per image and rounds per batch as
 SPU counted them, SPU's per-op breakdown (per block and op kind, comparison kernels), the
 analytic model's estimate beside it, wall time, and the fixed-point C simulation's fidelity on
@@ -23,7 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name, load_cifar_model  # noqa: E402
+from _common import balanced_subset, cpu_name, load_cifar_model  # noqa: E402
 
 import polyvit  # noqa: E402
 from polyvit import fit  # noqa: E402
@@ -55,7 +56,7 @@ def bar_chart(rows, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=("volterra", "demo"), default="volterra")
+    ap.add_argument("--model", choices=("volterra", "demo", "cifar12"), default="volterra")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--blocks", type=int, help="k of Hybrid-k (default: half the depth)")
     ap.add_argument("--protocol", default="semi2k")
@@ -69,7 +70,8 @@ def main():
     teacher, cal, x, y, k = load_cifar_model(a.model, max(a.batch_size, 64))
     k = a.blocks or k
     d = teacher.config.depth
-    x, y = x[:a.images], np.asarray(y[:a.images])
+    pick = balanced_subset(y, a.images)   # the archive is stored class by class
+    x, y = x[pick], np.asarray(y)[pick]
     configs = [("teacher (GELU)", []), (f"Hybrid-{k}", list(range(k))), (f"Full-{d}", list(range(d)))]
     rows = []
     for label, blocks in configs:
@@ -90,7 +92,8 @@ def main():
               file=sys.stderr)
         res = dict(model=a.model, images=len(x), protocol=a.protocol, weights=a.weights,
                    field=64, frac_bits=18, machine=f"{cpu_name()}, {os.cpu_count()} cores",
-                   command="python bench/mpc_real_images.py " + " ".join(sys.argv[1:]), rows=rows)
+                   command="python bench/mpc_real_images.py " + " ".join(sys.argv[1:]),
+                   test_indices=pick.tolist(), rows=rows)
         with open(out, "w") as f:
             json.dump(res, f, indent=1)
     bar_chart(rows, out.replace(".json", "-bytes.png"))
