@@ -66,18 +66,3 @@ def load_cifar_model(name: str, max_batch: int = 256):
     cal = tr.images[np.random.default_rng(0).choice(len(tr), 512, replace=False)]
     return t, cal, test.images, np.asarray(test.labels), t.config.depth // 2
 
-
-def balanced_subset(labels, n: int, seed: int = 0):
-    """Indices of ``n`` test images, as even across the classes as ``n`` allows (seeded). The
-    CIFAR-10 JPEG test archive is stored class by class, so its first N images are one class."""
-    import numpy as np
-
-    labels = np.asarray(labels)
-    classes = np.unique(labels)
-    if n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
-    idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False)
-                          for c, k in zip(classes, per)])
-    return np.sort(idx)

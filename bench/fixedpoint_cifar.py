@@ -21,10 +21,11 @@ import numpy as np
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import balanced_subset, cpu_name, load_cifar_model  # noqa: E402
+from _common import cpu_name, load_cifar_model  # noqa: E402
 
 import polyvit  # noqa: E402
 from polyvit import fit  # noqa: E402
+from polyvit.datasets import balanced_sample  # noqa: E402
 from polyvit.mpc import fixedpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ def main():
     os.makedirs(os.path.dirname(out), exist_ok=True)
     teacher, cal, x, y, k = load_cifar_model(a.model)
     if a.images:
-        pick = balanced_subset(y, a.images)   # the archive is stored class by class
+        pick = balanced_sample(y, a.images)   # the archive is stored class by class
         x, y = x[pick], np.asarray(y)[pick]
     d = teacher.config.depth
     rows = []

@@ -24,10 +24,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import balanced_subset, cpu_name, load_cifar_model  # noqa: E402
+from _common import cpu_name, load_cifar_model  # noqa: E402
 
 import polyvit  # noqa: E402
 from polyvit import fit  # noqa: E402
+from polyvit.datasets import balanced_sample  # noqa: E402
 from polyvit.mpc import fixedpoint  # noqa: E402
 from polyvit.mpc.inference import run  # noqa: E402
 
@@ -70,7 +71,7 @@ def main():
     teacher, cal, x, y, k = load_cifar_model(a.model, max(a.batch_size, 64))
     k = a.blocks or k
     d = teacher.config.depth
-    pick = balanced_subset(y, a.images)   # the archive is stored class by class
+    pick = balanced_sample(y, a.images)   # the archive is stored class by class
     x, y = x[pick], np.asarray(y)[pick]
     configs = [("teacher (GELU)", []), (f"Hybrid-{k}", list(range(k))), (f"Full-{d}", list(range(d)))]
     rows = []

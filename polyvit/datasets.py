@@ -96,6 +96,30 @@ class Dataset:
                 f"source={self.source!r})")
 
 
+def balanced_sample(labels, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` items, as even across the classes as ``n`` allows (within a
+    class, a seeded random choice; classes with too few items give what they have and the
+    rest is spread over the others). For evaluating on part of a test set: archives such as
+    the CIFAR-10 JPEG one are stored class by class, so their first ``n`` images are one or
+    two classes."""
+    labels = np.asarray(labels)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if n >= len(labels):
+        return np.arange(len(labels))
+    pools = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    take = [0] * len(pools)
+    left = int(n)
+    while left:   # round-robin over the classes that still have items
+        for i, pool in enumerate(pools):
+            if left and take[i] < len(pool):
+                take[i] += 1
+                left -= 1
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(pool, k, replace=False)
+                                   for pool, k in zip(pools, take)]).astype(np.int64))
+
+
 def _note(msg: str) -> None:
     """A one-line note on stderr (for cache rebuilds and the like)."""
     try:

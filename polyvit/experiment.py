@@ -140,7 +140,11 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
     for name in configs:   # every configuration's stages checked before any work starts
         final_stages(parse_config(name, depth), epochs,
                      final_stages_n if "final" in methods else 1, lr, magnitude)
-    test = test_data if eval_size is None else test_data[:eval_size]
+    test = test_data
+    if eval_size is not None and eval_size < len(test_data):
+        from .datasets import balanced_sample
+
+        test = test_data[balanced_sample(test_data.labels, eval_size, seed)]
     rng = np.random.default_rng([seed, 11])
     cal_idx = np.sort(rng.choice(len(train_data), min(calibration, len(train_data)), replace=False))
     cal = train_data.images[cal_idx]

@@ -274,7 +274,11 @@ class Trainer:
 
         data = self.eval_data
         if self.eval_size is not None and self.eval_size < len(data):
-            data = data[: self.eval_size]
+            from .datasets import balanced_sample
+
+            # the same class-balanced images every epoch (not the first ones: test archives
+            # may be stored class by class)
+            data = data[balanced_sample(data.labels, self.eval_size, self.seed)]
         r = evaluate(self.model, self.teacher, (data.images, data.labels))
         keep = ("student_top1", "student_top5", "teacher_top1", "fidelity", "logit_cosine", "kl")
         return {k: r[k] for k in keep if k in r}

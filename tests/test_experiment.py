@@ -140,3 +140,44 @@ def test_checkpoint_without_a_plan_still_resumes(teacher, tmp_path):
     save_file(load_file(ck), ck, metadata=meta)
     hist = _distiller(teacher, tmp_path, epochs=3).run()   # nothing to compare against
     assert len(hist) == 3
+
+
+def test_balanced_sample():
+    from polyvit.datasets import balanced_sample
+
+    labels = np.repeat(np.arange(10), 100)          # stored class by class, as CIFAR-10's JPEGs
+    idx = balanced_sample(labels, 250, seed=3)
+    assert len(idx) == 250 and len(np.unique(idx)) == 250 and np.all(np.diff(idx) > 0)
+    assert np.bincount(labels[idx]).tolist() == [25] * 10
+    assert np.array_equal(idx, balanced_sample(labels, 250, seed=3))
+    assert not np.array_equal(idx, balanced_sample(labels, 250, seed=4))
+    assert np.bincount(labels[balanced_sample(labels, 13)]).tolist() == [2, 2, 2] + [1] * 7
+    short = np.array([0, 0, 0, 0, 0, 1, 2])             # a class with too few: the rest fill in
+    assert sorted(np.bincount(short[balanced_sample(short, 6)]).tolist()) == [1, 1, 4]
+    assert len(balanced_sample(labels, 5000)) == 1000 and len(balanced_sample(labels, 0)) == 0
+    with pytest.raises(ValueError, match="non-negative integer"):
+        balanced_sample(labels, -1)
+
+
+def test_per_epoch_evaluation_takes_every_class(teacher, monkeypatch):
+    """eval_size picks a class-balanced subset, not the first images (which, in an archive
+    stored class by class, are one class)."""
+    import polyvit.metrics
+
+    seen = []
+    real = polyvit.metrics.evaluate
+
+    def spy(model, t, data, **kw):
+        seen.append(np.asarray(data[1]))
+        return real(model, t, data, **kw)
+
+    monkeypatch.setattr(polyvit.metrics, "evaluate", spy)
+    test = _data(64, 5)
+    order = np.argsort(test.labels, kind="stable")
+    by_class = test[order]
+    d = Distiller(polyvit.full(teacher, max_batch=32), teacher, _data(64, 4), by_class,
+                  stages=[Stage(epochs=1, magnitude=None)], batch_size=32, eval_size=16,
+                  progress=False)
+    d.run()
+    counts = np.bincount(seen[-1], minlength=4)
+    assert len(seen[-1]) == 16 and counts.min() >= 3, counts
