@@ -91,7 +91,7 @@ def plot_curves(logs: Dict[str, str], path: str, title: str = "") -> str:
         if any("fidelity" in e for e in ev):
             axes[1].plot(x, [100 * e.get("fidelity", np.nan) for e in ev], marker="o", label=label)
         axes[2].plot(x, [r["train_loss"] for r in ep], marker="o", label=label)
-    for ax, t in zip(axes, ("top-1 (%)", "fidelity (%)", "train loss")):
+    for ax, t in zip(axes, ("top-1 (%)", "fidelity (%)", "train loss (each run's own objective)")):
         ax.set_title(t)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
