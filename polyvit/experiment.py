@@ -182,9 +182,7 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
             extra: Dict[str, Any] = {} if recipe is None else {"recipe": recipe}
             if mth == "V1":
                 fitting.static(s, blocks)
-            elif progressive:
-                pass
-            else:
+            elif not progressive:
                 reps = fitting.directfit(s, teacher, cal, blocks)
                 extra["fits"] = [r.to_dict() for r in reps]
                 if mth == "V2" and out:
