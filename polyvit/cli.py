@@ -287,9 +287,10 @@ def register(sub) -> None:
     p.add_argument("--v3-loss", choices=("kd", "mse"), default="kd",
                    help="V3's loss: kd (0.9 KL at T=4 + 0.1 CE, the seed's distillation; default) "
                         "or mse (the final recipe's pure logit MSE)")
-    p.add_argument("--final-stages", type=int, default=1,
+    p.add_argument("--final-stages", type=int, default=None,
                    help="the final recipe in N progressive stages: the blocks replaced in N "
-                        "groups over the same epochs (default 1: all at once, from V2)")
+                        "groups over the same epochs (default 2, or 1 for a single block or "
+                        "epoch; 1: all at once, from the V2 student)")
     p.add_argument("--out", required=True)
     p.add_argument("--redo", action="store_true",
                    help="recompute rows whose JSON is already in --out (default: keep them, and "

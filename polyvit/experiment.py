@@ -6,9 +6,10 @@ row, a table at the end.
 V3 is classic knowledge distillation (Hinton's: KL to the teacher's softened logits at T = 4,
 weight 0.9, plus 0.1 cross-entropy on the (mixed) labels), as the seed contrasts it with the
 final recipe's *pure* logit MSE; ``v3_loss="mse"`` gives V3 the final's loss instead, leaving
-the coefficients (and stages) as the only difference. ``final_stages=n`` splits the final
-recipe into n progressive stages: the configuration's blocks become quadratic in n contiguous
-groups (DirectFit + Scale Fix for each group as it is replaced), over the same total epochs.
+the coefficients (and stages) as the only difference. The final recipe runs in progressive
+stages: the configuration's blocks become quadratic in n contiguous groups (DirectFit + Scale
+Fix for each group as it is replaced), over the same total epochs; n is 2 by default (1 where
+the configuration has one block or the run one epoch), ``final_stages_n`` chooses it.
 
     python -m polyvit experiment --teacher model.safetensors --configs hybrid-2 full --epochs 2 \\
         --out results/mymodel
@@ -102,6 +103,12 @@ def final_stages(blocks: Sequence[int], epochs: int, n: int, lr: float,
     return stages
 
 
+def default_stages_n(blocks: Sequence[int], epochs: int) -> int:
+    """The final recipe's default number of progressive stages: two (the first half of the
+    blocks, then all), or one where there is a single block or a single epoch to split."""
+    return max(1, min(2, len(list(blocks)), epochs))
+
+
 def _recipe(method: str, stages: Sequence[Stage], v3_loss: str, lr: float,
             coeff_lr: float, batch_size: int) -> Dict[str, Any]:
     loss = V3_LOSSES[v3_loss] if method == "V3" else FINAL_LOSS
@@ -116,14 +123,15 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         calibration: int = 512, eval_size: Optional[int] = None, methods: Sequence[str] = METHODS,
         out: Optional[str] = None, seed: int = 0, magnitude: Optional[int] = 9,
         command: str = "", progress: bool = True, redo: bool = False, v3_loss: str = "kd",
-        final_stages_n: int = 1) -> List[Dict[str, Any]]:
+        final_stages_n: Optional[int] = None) -> List[Dict[str, Any]]:
     """Run the methods for each configuration; returns the rows (also written under ``out``).
 
     V3 and final share epochs, learning rate and augmentation (RandAugment + Mixup/CutMix),
     as the seed compares them. V3 starts from the V2 (DirectFit + Scale Fix) student and
     trains with ``v3_loss`` (``"kd"``: 0.9 KL at T = 4 + 0.1 CE; ``"mse"``), coefficients
     frozen; final trains coefficients too, on pure logit MSE, in ``final_stages_n`` stages
-    (1: from the V2 student; more: progressive replacement, see :func:`final_stages`).
+    (1: from the V2 student; more: progressive replacement, see :func:`final_stages`; None:
+    :func:`default_stages_n`).
     Each distilled row records its recipe.
 
     With ``out``, the experiment can be stopped and run again with the same arguments: rows
@@ -137,9 +145,12 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
     if v3_loss not in V3_LOSSES:
         raise ValueError(f"unknown v3_loss {v3_loss!r}; choose from {tuple(V3_LOSSES)}")
     depth = teacher.config.depth
+    def n_stages(blocks):
+        return default_stages_n(blocks, epochs) if final_stages_n is None else final_stages_n
+
     for name in configs:   # every configuration's stages checked before any work starts
-        final_stages(parse_config(name, depth), epochs,
-                     final_stages_n if "final" in methods else 1, lr, magnitude)
+        blocks = parse_config(name, depth)
+        final_stages(blocks, epochs, n_stages(blocks) if "final" in methods else 1, lr, magnitude)
     test = test_data
     if eval_size is not None and eval_size < len(test_data):
         from .datasets import balanced_sample
@@ -158,8 +169,8 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         label = config_label(name, depth)
         for mth in methods:
             done = os.path.join(out, f"{label}-{mth}.json") if out else None
-            stages = final_stages(blocks, epochs, final_stages_n if mth == "final" else 1, lr,
-                                  magnitude)
+            n = n_stages(blocks) if mth == "final" else 1
+            stages = final_stages(blocks, epochs, n, lr, magnitude)
             recipe = _recipe(mth, stages, v3_loss, lr, coeff_lr, batch_size) \
                 if mth in ("V3", "final") else None
             if done and not redo and os.path.exists(done):
@@ -174,7 +185,7 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                     print(f"{label} {mth}: kept from {done}", file=sys.stderr, flush=True)
                 continue
             t = time.time()
-            progressive = mth == "final" and final_stages_n > 1
+            progressive = n > 1
             if progressive:   # the stages replace the blocks, group by group
                 s = teacher.copy(max_batch=max(batch_size, 64))
             else:

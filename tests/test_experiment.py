@@ -55,6 +55,13 @@ def test_final_stages_split_blocks_and_epochs():
         experiment.final_stages([0, 1], 2, 0, 5e-4, 9)
 
 
+def test_default_final_is_progressive_where_it_can_be():
+    assert experiment.default_stages_n(list(range(12)), 10) == 2
+    assert experiment.default_stages_n([0, 1, 2, 3, 4, 5], 10) == 2
+    assert experiment.default_stages_n([0], 10) == 1        # a single block: nothing to split
+    assert experiment.default_stages_n(list(range(12)), 1) == 1   # a single epoch
+
+
 def _run(teacher, out, **kw):
     args = dict(configs=["full"], epochs=2, batch_size=32, calibration=64, methods=["V3", "final"],
                 out=str(out), magnitude=None, progress=False)
@@ -63,7 +70,7 @@ def _run(teacher, out, **kw):
 
 
 def test_recipes_recorded_progressive_final_and_reuse_checked(teacher, tmp_path):
-    rows = _run(teacher, tmp_path, final_stages_n=2)
+    rows = _run(teacher, tmp_path)     # the default: 2 progressive stages
     v3, final = rows[1], rows[2]
     assert v3["recipe"]["loss"] == {"kl": 0.9, "ce": 0.1, "temperature": 4.0}
     assert v3["recipe"]["trainable_coeffs"] is False and v3["recipe"]["coeff_lr"] is None

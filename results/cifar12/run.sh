@@ -1,7 +1,8 @@
 #!/bin/bash
 # The seed's experiment on polyvit's own 12-block CIFAR-10 teacher (issue 11): V1, V2, V3 and
 # final for Hybrid-6 and Full-12, V3 and final with the same 10 epochs and augmentation
-# (V3: KD loss, frozen coefficients; final: pure logit MSE, trainable coefficients, one stage;
+# (V3: KD loss, frozen coefficients; final: pure logit MSE, trainable coefficients, two
+# progressive stages: the first half of the blocks for 5 epochs, then all of them for 5;
 # each row's JSON records its recipe).
 # Run it once results/teacher-cifar12/ holds the finished teacher (model.safetensors, >= 80%).
 # Stopped and started again, it keeps finished rows and resumes a distillation from its
