@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -88,8 +88,6 @@ def table(rows: List[Dict[str, Any]]) -> str:
 
 
 def main(args) -> int:
-    import polyvit
-
     teacher, train, test, _ = load_assets()
     print(f"polyvit demo: {teacher}\n  {len(train[0])} images to calibrate and distil, "
           f"{len(test[0])} to evaluate (real CIFAR-10 test images)", file=sys.stderr)

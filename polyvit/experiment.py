@@ -136,8 +136,9 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
 
     With ``out``, the experiment can be stopped and run again with the same arguments: rows
     whose JSON is already under ``out`` are kept (``redo=True`` recomputes them), and an
-    interrupted distillation resumes from its checkpoint in ``out/runs/``; a resumed row's wall
-    time is the sum over its sessions (the epochs' logged seconds plus the fit).
+    interrupted distillation resumes from its checkpoint in ``out/runs/``. A row's wall time is
+    its fit plus, for V3 and final, the distillation summed over its sessions (its stage fits and
+    per-epoch evaluations included); the final evaluation on the test set is not counted.
     """
     for mth in methods:
         if mth not in METHODS:
@@ -208,10 +209,10 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                               eval_size=min(2000, len(test)), calibration_size=calibration)
                 fit_seconds = time.time() - t
                 extra["history"] = d.run(resume=not redo)
-                ep = [rec for rec in _read_jsonl(d.log_path) if rec.get("type") == "epoch"] \
-                    if d.log_path else []
-                seconds = fit_seconds + sum(rec.get("seconds", 0.0) for rec in ep) if ep \
-                    else time.time() - t
+                # the distillation's own clock sums its sessions (a resumed row would
+                # otherwise count only the last one); its stage fits and per-epoch
+                # evaluations are inside it
+                seconds = fit_seconds + d.wall_seconds
             else:
                 seconds = time.time() - t
             r = evaluate(s, teacher, (test.images, test.labels))
@@ -242,13 +243,6 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(table(rows) + "\n")
     return rows
-
-
-def _read_jsonl(path: str) -> List[Dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _try_plot_fits(student, teacher, images, blocks, path, title) -> None:

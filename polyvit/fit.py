@@ -8,8 +8,7 @@ minimiser as ``numpy.linalg.lstsq`` on the design matrix ``[x^2, x, 1]``.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 

@@ -9,7 +9,7 @@ reduction="batchmean") * T**2``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List
 
 import numpy as np
 

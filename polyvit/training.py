@@ -191,7 +191,9 @@ class Trainer:
         # position: stage, epoch within stage, batch within epoch, global step
         self.state: Dict[str, Any] = dict(stage=0, epoch=0, batch=0, step=0, stage_started=False,
                                           loss_sum=0.0, loss_n=0, history=[], log_bytes=0,
-                                          done=False)
+                                          done=False, wall_seconds=0.0, epoch_seconds=0.0)
+        self._wall_t0: Optional[float] = None    # run()'s start, less the earlier sessions' time
+        self._epoch_t0: Optional[float] = None
 
     # ---- paths --------------------------------------------------------------------------
     @property
@@ -296,8 +298,21 @@ class Trainer:
                 # a fresh run in a folder with an older run's log: keep that log beside, so
                 # that this one's log (and its curves) hold this run alone
                 os.replace(self.log_path, self.log_path + ".old")
-        with _StopRequest() as stop_request:
-            return self._run(stop_after_steps, stop_request)
+        # wall time over every session of the run (older checkpoints did not record it)
+        self._wall_t0 = time.time() - self.state.get("wall_seconds", 0.0)
+        try:
+            with _StopRequest() as stop_request:
+                return self._run(stop_after_steps, stop_request)
+        finally:
+            self._wall_t0 = self._epoch_t0 = None
+
+    @property
+    def wall_seconds(self) -> float:
+        """Seconds this run has taken, summed over its sessions (resumes), fits and per-epoch
+        evaluations included; 0 before it starts."""
+        if self._wall_t0 is not None:
+            return time.time() - self._wall_t0
+        return float(self.state.get("wall_seconds", 0.0))
 
     def _stopped(self, why: str) -> KeyboardInterrupt:
         where = (f"a checkpoint at step {self.state['step']} is in {self.checkpoint_path}; run "
@@ -327,7 +342,8 @@ class Trainer:
                     bar = Progress(n_batches, desc=f"stage {st['stage'] + 1}/{len(self.stages)} "
                                    f"epoch {st['epoch'] + 1}/{stage.epochs}", unit="batch")
                     bar.update(st["batch"])
-                t0 = time.time()
+                # an epoch resumed mid-way counts the earlier sessions' part of it too
+                self._epoch_t0 = time.time() - st.get("epoch_seconds", 0.0)
                 batches = iter(loader)
                 for x, targets in batches:
                     local = st["epoch"] * n_batches + st["batch"]
@@ -375,7 +391,8 @@ class Trainer:
                     bar.close()
                 rec = {"type": "epoch", "stage": st["stage"], "epoch": st["epoch"],
                        "step": st["step"], "train_loss": st["loss_sum"] / max(1, st["loss_n"]),
-                       "seconds": time.time() - t0, "eval": self.evaluate()}
+                       "seconds": time.time() - self._epoch_t0, "eval": self.evaluate()}
+                self._epoch_t0 = None
                 st["history"].append(rec)
                 self._log(rec)
                 if self.progress:
@@ -423,6 +440,8 @@ class Trainer:
             tensors["param/" + n] = np.ascontiguousarray(v)
             tensors["adam_m/" + n] = np.ascontiguousarray(m._moments[0][n])
             tensors["adam_v/" + n] = np.ascontiguousarray(m._moments[1][n])
+        self.state["wall_seconds"] = self.wall_seconds
+        self.state["epoch_seconds"] = 0.0 if self._epoch_t0 is None else time.time() - self._epoch_t0
         st = dict(self.state)
         if self.log_path and os.path.exists(self.log_path):
             st["log_bytes"] = os.path.getsize(self.log_path)

@@ -83,6 +83,39 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, teacher):
     for n in m1.params:
         np.testing.assert_array_equal(m4.params[n], m1.params[n], err_msg=n)
     assert [r["eval"] for r in t1.state["history"]] == [r["eval"] for r in t4.state["history"]]
+    # the checkpoint also loads as a model (its weights, without the optimizer's moments)
+    m5 = polyvit.load(str(tmp_path / "b" / "checkpoint.safetensors"), max_batch=32)
+    assert m5.config == m4.config and set(m5.params) == set(m4.params)
+    for n in m4.params:
+        np.testing.assert_array_equal(m5.params[n], m4.params[n], err_msg=n)
+
+
+def test_wall_time_sums_the_sessions_and_not_the_gaps(tmp_path):
+    """A resumed run's wall time (and a resumed epoch's seconds) carry the earlier sessions'
+    time, and not the time between sessions: experiment rows report it."""
+    import time
+
+    data, ev = _synthetic(256, 0), _synthetic(64, 1)
+
+    def make():
+        return Trainer(_tiny(seed=1), data, ev, stages=[Stage(epochs=1, lr=1e-3)], batch_size=32,
+                       workdir=str(tmp_path), progress=False, eval_size=32)
+
+    t1 = make()
+    slow = t1._step
+    t1._step = lambda *a: (time.sleep(0.1), slow(*a))[1]   # this session: >= 0.5 s
+    t1.run(stop_after_steps=5)
+    w1 = t1.wall_seconds
+    assert w1 >= 0.5
+    time.sleep(0.5)                                         # between sessions: not counted
+    t2 = make()
+    start = time.time()
+    t2.run()
+    took = time.time() - start
+    assert w1 <= t2.wall_seconds <= w1 + took
+    epoch = t2.state["history"][0]["seconds"]
+    assert 0.5 <= epoch <= w1 + took                        # the epoch spans both sessions
+    assert make().wall_seconds == 0.0                       # (not started: nothing loaded yet)
 
 
 @pytest.mark.parametrize("signame,at", [("SIGTERM", 5), ("SIGINT", 8)], ids=["term-mid", "int-epoch-end"])

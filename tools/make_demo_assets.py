@@ -4,7 +4,6 @@ or training checkpoint) and a class-balanced sample of real CIFAR-10 test images
     python tools/make_demo_assets.py results/teacher-cifar12/checkpoint.safetensors --per-class 50
 """
 import argparse
-import json
 import os
 import sys
 

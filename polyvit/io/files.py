@@ -184,7 +184,8 @@ def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]
 
 
 def load(path: PathLike, max_batch: int = 64, **model_kwargs: Any):
-    """Build a model from a file written by :func:`save`.
+    """Build a model from a file written by :func:`save`, or from a training checkpoint
+    (``polyvit train``/``Trainer``/``Distiller``: its model weights, without the optimizer state).
 
     The config comes from the file's metadata; the model is ``ViT(config, max_batch=max_batch,
     **model_kwargs)`` (with ``seed=None`` unless given: the weights are all overwritten). Raises FileNotFoundError for a missing file, OSError for a file that is
@@ -205,6 +206,10 @@ def load(path: PathLike, max_batch: int = 64, **model_kwargs: Any):
         config = ViTConfig.from_json(cfg_json)
     except (ValueError, TypeError) as e:
         raise ValueError(f"The polyvit config stored in {path_str} is invalid: {e}") from None
+    if metadata.get("format", "").startswith("polyvit-checkpoint"):
+        # a training checkpoint: the model is its "param/" tensors; "adam_m/", "adam_v/" are
+        # the optimizer's moments, which a model has no use for
+        tensors = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
     model_kwargs.setdefault("seed", None)  # every weight is overwritten: skip the init
     model = _common._model_class()(config, max_batch=max_batch, **model_kwargs)
     load_state_dict(model, tensors, strict=True, source=path_str)
