@@ -72,6 +72,11 @@ def _run(teacher, out, **kw):
 def test_recipes_recorded_progressive_final_and_reuse_checked(teacher, tmp_path):
     rows = _run(teacher, tmp_path)     # the default: 2 progressive stages
     v3, final = rows[1], rows[2]
+    lines = experiment.table(rows).splitlines()
+    assert lines[0].startswith("| model | top-1 | gap | fidelity |")
+    assert lines[2].split("|")[3].strip() == ""                      # the teacher: no gap
+    gap = 100 * (final["top1"] - final["teacher_top1"])
+    assert lines[4].split("|")[3].strip() == f"{gap:+.2f}" and final["teacher_top1"] == rows[0]["top1"]
     assert v3["recipe"]["loss"] == {"kl": 0.9, "ce": 0.1, "temperature": 4.0}
     assert v3["recipe"]["trainable_coeffs"] is False and v3["recipe"]["coeff_lr"] is None
     assert final["recipe"]["loss"] == {"mse": 1.0, "ce": 0.0} and final["recipe"]["trainable_coeffs"]
