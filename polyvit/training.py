@@ -303,7 +303,8 @@ class Trainer:
         try:
             with _StopRequest() as stop_request:
                 return self._run(stop_after_steps, stop_request)
-        finally:
+        finally:   # (with no workdir there is no checkpoint to have recorded it)
+            self.state["wall_seconds"] = self.wall_seconds
             self._wall_t0 = self._epoch_t0 = None
 
     @property

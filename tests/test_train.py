@@ -116,6 +116,11 @@ def test_wall_time_sums_the_sessions_and_not_the_gaps(tmp_path):
     epoch = t2.state["history"][0]["seconds"]
     assert 0.5 <= epoch <= w1 + took                        # the epoch spans both sessions
     assert make().wall_seconds == 0.0                       # (not started: nothing loaded yet)
+    free = Trainer(_tiny(seed=1), data, ev, stages=[Stage(epochs=1, lr=1e-3)], batch_size=32,
+                   progress=False)                          # no workdir, no checkpoint
+    start = time.time()
+    free.run()
+    assert 0 < free.wall_seconds <= time.time() - start
 
 
 @pytest.mark.parametrize("signame,at", [("SIGTERM", 5), ("SIGINT", 8)], ids=["term-mid", "int-epoch-end"])
