@@ -281,7 +281,7 @@ class Trainer:
             # the same class-balanced images every epoch (not the first ones: test archives
             # may be stored class by class)
             data = data[balanced_sample(data.labels, self.eval_size, self.seed)]
-        r = evaluate(self.model, self.teacher, (data.images, data.labels))
+        r = evaluate(self.model, self.teacher, (data.images, data.labels), activations=False)
         keep = ("student_top1", "student_top5", "teacher_top1", "fidelity", "logit_cosine", "kl")
         return {k: r[k] for k in keep if k in r}
 

@@ -142,6 +142,27 @@ def test_evaluate_metrics_by_hand(teacher):
     assert same["kl"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_evaluate_without_activations(teacher, monkeypatch):
+    """activations=False: the same scores, no per-block part, and no capture asked of the
+    engine (the per-epoch evaluation of a training run uses it)."""
+    rng = np.random.default_rng(5)
+    x = random_images(teacher.config, 20, rng)
+    y = rng.integers(0, 6, 20)
+    s = students.full(teacher)
+    full = metrics.evaluate(s, teacher, (x, y), batch_size=7)
+    real, captures = s.forward, []
+
+    def spy(xb, capture=False, **kw):
+        captures.append(capture)
+        return real(xb, capture=capture, **kw)
+
+    monkeypatch.setattr(s, "forward", spy)
+    lean = metrics.evaluate(s, teacher, (x, y), batch_size=7, activations=False)
+    assert captures == [False] * 3
+    assert "blocks" not in lean
+    assert lean == {k: v for k, v in full.items() if k != "blocks"}
+
+
 def test_mpc_counts_by_hand():
     cfg = make_config(**CFG)  # T = 17, H = 48, heads 2, depth 3
     m = polyvit.ViT(cfg, max_batch=2, seed=0)
