@@ -36,6 +36,10 @@ def _device(args) -> str:
         if not cuda.is_available():
             reason = cuda._load().device_count()[1]
             raise UserError(f"--device cuda: no usable CUDA GPU here ({reason}); use --device cpu")
+    prec = getattr(args, "precision", "fp32")
+    if dev == "cpu" and prec != "fp32":
+        raise UserError(f"--precision {prec} needs --device cuda: the CPU engine computes in "
+                        "fp32 only")
     return dev
 
 
@@ -95,7 +99,7 @@ def cmd_train(args) -> int:
         if getattr(args, k) is not None:
             over[k] = getattr(args, k)
     model = polyvit.ViT.preset(args.preset, max_batch=args.batch_size, seed=args.seed,
-                               device=dev, **over)
+                               device=dev, precision=args.precision, **over)
     print(model, file=sys.stderr)
     stage = Stage(epochs=args.epochs, lr=args.lr, warmup_epochs=min(args.warmup, args.epochs),
                   magnitude=None if args.magnitude < 0 else args.magnitude)
@@ -238,6 +242,9 @@ def register(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--no-mixup", action="store_true")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="matrix products on --device cuda: fp32 (the reference), tf32, or bf16 "
+                   "with fp32 master weights; the CPU engine is fp32 only")
     p.set_defaults(func=cmd_train, lr=1e-3)
 
     p = sub.add_parser("fit", help="static fit (V1) or DirectFit + Scale Fix (V2)")

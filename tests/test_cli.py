@@ -85,6 +85,11 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "not found" in err and "Traceback" not in err
     assert main(["evaluate", "--student", "a", "--device", "cuda"]) == 2
     assert "CUDA" in capsys.readouterr().err
+    # the CPU engine has one precision: asking for another is an error before any data is read
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "t"), "--data",
+                 str(tmp_path / "none"), "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision bf16 needs --device cuda" in err and "Traceback" not in err
 
 
 def test_plot_fits(tmp_path):
