@@ -12,6 +12,10 @@
 #   OUT=/tmp/o BENCH_ARGS="--models vit_small_patch16_224 --no-compile" bash bench/gpu_check.sh
 #   SANITIZE_TOOLS=memcheck GPU_CHECK_LIMIT=350 bash bench/gpu_check.sh   # a shorter call
 #   PROBE=1 bash bench/gpu_check.sh                                        # + bench/gpu_probe.py
+#   SANITIZE=0 bash bench/gpu_check.sh           # no large-width check, no compute-sanitizer
+#   TEACHER_SECONDS=200 TEACHER_DATA=.gpudata/cifar10-jpeg.tar.gz bash bench/gpu_check.sh
+#       # + the wider CIFAR-10 teacher (bench/gpu_teacher.py) in 200 s, into $OUT/teacher.tar
+#       # (TEACHER_EPOCHS=100: that many epochs instead of as many as fit)
 #
 # A test failure does not stop the benchmark (device time is scarce); the script still exits
 # non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
@@ -93,25 +97,28 @@ fi
 # 4. what the tests cannot see: the benchmark's launch shapes (width 384/768) against the CPU
 # engine, and compute-sanitizer (out-of-bounds accesses, shared-memory races, divergent
 # barriers) over a workload that runs every kernel. Logged to checks.log.
-stamp "bench/gpu_sanitize.py large (float32 at ViT-S/B widths against the CPU engine)"
 set +e
-{
-  timeout 150 "$PY" bench/gpu_sanitize.py large
-  echo "gpu_sanitize.py large: exit status $?"
-  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-  if [ -n "$SAN" ]; then
-    for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
-      echo "== compute-sanitizer --tool $tool"
-      timeout 90 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
-        "$PY" bench/gpu_sanitize.py workload 2>&1 | tail -25
-      rc=${PIPESTATUS[0]}
-      echo "compute-sanitizer $tool: exit status $rc"
-    done
-  else
-    echo "compute-sanitizer: not found"
-  fi
-} 2>&1 | tee "$OUT/checks.log"
-CHECK_RC=$(grep -cE "FAILED|exit status [1-9]" "$OUT/checks.log")
+CHECK_RC=0
+if [ "${SANITIZE:-1}" != 0 ]; then
+  stamp "bench/gpu_sanitize.py large (float32 at ViT-S/B widths against the CPU engine)"
+  {
+    timeout 150 "$PY" bench/gpu_sanitize.py large
+    echo "gpu_sanitize.py large: exit status $?"
+    SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    if [ -n "$SAN" ]; then
+      for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
+        echo "== compute-sanitizer --tool $tool"
+        timeout 90 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+          "$PY" bench/gpu_sanitize.py workload 2>&1 | tail -25
+        rc=${PIPESTATUS[0]}
+        echo "compute-sanitizer $tool: exit status $rc"
+      done
+    else
+      echo "compute-sanitizer: not found"
+    fi
+  } 2>&1 | tee "$OUT/checks.log"
+  CHECK_RC=$(grep -cE "FAILED|exit status [1-9]" "$OUT/checks.log")
+fi
 # PROBE=1: bench/gpu_probe.py too (GEMM rates per operand type and attention row alignment,
 # polyvit's per-op profile per precision), its JSON appended to checks.log: the device tool
 # brings back 8 files at most, and the benchmark's own take all 8 with this script's logs
@@ -120,6 +127,21 @@ if [ "${PROBE:-0}" = 1 ]; then
   timeout 150 "$PY" bench/gpu_probe.py 2>&1 | tee -a "$OUT/checks.log" | grep -v '^ \|^{\|^}'
 fi
 set -e
+
+# TEACHER_SECONDS=N: the wider CIFAR-10 teacher (issue 11), its epochs fitted to N seconds;
+# one tar back ($OUT/teacher.tar: log, console, plan, float16 weights)
+TEACHER_RC=0
+if [ "${TEACHER_SECONDS:-0}" -gt 0 ]; then
+  stamp "bench/gpu_teacher.py (${TEACHER_SECONDS}s, data ${TEACHER_DATA:-?})"
+  set +e
+  timeout $((TEACHER_SECONDS + 150)) "$PY" bench/gpu_teacher.py --data "${TEACHER_DATA:?}" \
+    --budget "$TEACHER_SECONDS" ${TEACHER_EPOCHS:+--epochs "$TEACHER_EPOCHS"} \
+    --out /tmp/gpu_teacher/run 2>&1 | tail -20
+  TEACHER_RC=${PIPESTATUS[0]}
+  cp /tmp/gpu_teacher/teacher.tar "$OUT/" 2>/dev/null
+  tail -c 3000 /tmp/gpu_teacher/run/train.log 2>/dev/null | tr '\r' '\n' | grep -v "%" | tail -8
+  set -e
+fi
 
 # 5. the benchmark, in what time is left
 LEFT=$((LIMIT - SECONDS - 30))
@@ -146,6 +168,10 @@ fi
 if [ "$CHECK_RC" -ne 0 ]; then
   echo "CHECKS FAILED: see checks.log"
   exit 1
+fi
+if [ "$TEACHER_RC" -ne 0 ]; then
+  echo "TEACHER FAILED (exit status $TEACHER_RC)"
+  exit "$TEACHER_RC"
 fi
 if [ "$BENCH_RC" -ne 0 ]; then
   echo "BENCHMARK FAILED (exit status $BENCH_RC): see bench.log"
