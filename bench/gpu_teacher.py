@@ -122,29 +122,15 @@ def main() -> int:
     names = ["plan.json", "train.log", "log.jsonl"]
     if os.path.exists(src):
         half = os.path.join(a.out, "model-fp16.safetensors")
-        to_float16(src, half)
+        import polyvit
+
+        polyvit.load(src).save(half, dtype="float16")  # a checkpoint's AdamW moments left out
         names.append(os.path.basename(half))
     with tarfile.open(os.path.join(a.out, "..", "teacher.tar"), "w") as tar:
         for n in names:
             if os.path.exists(os.path.join(a.out, n)):
                 tar.add(os.path.join(a.out, n), arcname=n)
     return 0 if proc.returncode == 0 else 1
-
-
-def to_float16(src: str, dst: str) -> None:
-    """The model's weights as float16 with polyvit's metadata (a checkpoint's AdamW moments and
-    step counters are left out: ``polyvit.load`` reads the model part of either file)."""
-    import polyvit
-    from safetensors.numpy import save_file
-
-    m = polyvit.load(src)
-    m.save(dst)  # float32, polyvit's metadata
-    from safetensors import safe_open
-
-    with safe_open(dst, "np") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k).astype(np.float16) for k in f.keys()}
-    save_file(tensors, dst, metadata=meta)
 
 
 if __name__ == "__main__":

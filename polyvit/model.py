@@ -554,11 +554,12 @@ class ViT:
 
         load_state_dict(self, state_dict, strict=strict)
 
-    def save(self, path, metadata: Optional[Dict[str, str]] = None) -> None:
-        """Save to safetensors (timm names, config in the metadata)."""
+    def save(self, path, metadata: Optional[Dict[str, str]] = None,
+             dtype: str = "float32") -> None:
+        """Save to safetensors (timm names, config in the metadata; float32 or float16)."""
         from .io import save
 
-        save(self, path, metadata=metadata)
+        save(self, path, metadata=metadata, dtype=dtype)
 
 
 def _parse_device(device) -> Optional[int]:

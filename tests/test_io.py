@@ -232,6 +232,30 @@ def test_save_refuses_nonfinite_and_keeps_old_file(standin, tmp_path):
     assert os.listdir(tmp_path) == ["m.safetensors"]
 
 
+def test_save_float16(standin, tmp_path):
+    """dtype="float16": half the bytes, every weight within float16 rounding of the original,
+    read back as float32; out-of-range weights and unknown dtypes refused, nothing written."""
+    model = fill(standin(gelu_config()))
+    full, half = tmp_path / "f.safetensors", tmp_path / "h.safetensors"
+    pio.save(model, full)
+    pio.save(model, half, dtype="float16")
+    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
+    from safetensors import safe_open
+    with safe_open(str(half), framework="np") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    loaded = pio.load(half)
+    for name, want in snapshot(model).items():
+        got = loaded.params[name]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
+    model.params["head.bias"][0] = 1e5
+    with pytest.raises(ValueError, match="head.bias"):
+        pio.save(model, tmp_path / "x.safetensors", dtype="float16")
+    with pytest.raises(ValueError, match="dtype"):
+        pio.save(model, tmp_path / "x.safetensors", dtype="bfloat16")
+    assert not os.path.exists(tmp_path / "x.safetensors")
+
+
 def test_save_into_missing_folder(standin, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pio.save(standin(gelu_config()), tmp_path / "nope" / "m.safetensors")

@@ -8,11 +8,10 @@ import os
 import sys
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+import polyvit  # noqa: E402
 from polyvit import datasets  # noqa: E402
 from polyvit.demo import IMAGES, TEACHER  # noqa: E402
 
@@ -23,16 +22,10 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    with safe_open(args.model, "np") as f:
-        meta = f.metadata() or {}
-        names = list(f.keys())
-        prefix = "param/" if any(n.startswith("param/") for n in names) else ""
-        tensors = {n[len(prefix):]: f.get_tensor(n).astype(np.float16)
-                   for n in names if n.startswith(prefix) and not n.startswith(("adam_", ))}
-    md = {"polyvit_config": meta["polyvit_config"], "format": "polyvit",
-          "polyvit_version": "0.1.0", "note": "demo teacher trained by polyvit on CIFAR-10 "
-          "(JPEG q75), stored as float16; source " + os.path.basename(args.model)}
-    save_file(tensors, TEACHER, metadata=md)
+    # the model part of a model file or training checkpoint, as float16
+    polyvit.load(args.model).save(TEACHER, dtype="float16", metadata={
+        "note": "demo teacher trained by polyvit on CIFAR-10 (JPEG q75), stored as float16; "
+                "source " + os.path.basename(args.model)})
     test = datasets.load_cifar10_jpeg("test", progress=False)
     rng = np.random.default_rng(args.seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(test.labels == c), args.per_class, replace=False)

@@ -48,7 +48,8 @@ def _check_params_match_config(model: Any) -> None:
                          f"cannot be saved: {_listing([f'{n} {_shape_str(s)}' for n, s in diff])}.")
 
 
-def save(model: Any, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:
+def save(model: Any, path: PathLike, metadata: Optional[Mapping[str, str]] = None,
+         dtype: str = "float32") -> None:
     """Write ``model``'s parameters and config to a safetensors file at ``path``.
 
     Each parameter is stored as float32 under its timm name; the file's metadata holds
@@ -56,11 +57,15 @@ def save(model: Any, path: PathLike, metadata: Optional[Mapping[str, str]] = Non
     and the caller's ``metadata`` (str -> str). The file is written to a temporary file in the
     same folder and moved into place, so a failed save never leaves a truncated file (an older
     file at ``path`` survives). Weights holding NaN or Inf are refused with a ValueError, so
-    that a diverged run cannot overwrite a good checkpoint.
+    that a diverged run cannot overwrite a good checkpoint. ``dtype="float16"`` stores the
+    weights at half the size (``load`` widens them back to float32); weights beyond float16's
+    range are refused.
     """
     from safetensors import numpy as st_numpy
 
     path_str = os.fspath(path)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
     user_meta: Dict[str, str] = {}
     if metadata is not None:
         if not isinstance(metadata, Mapping):
@@ -86,6 +91,12 @@ def save(model: Any, path: PathLike, metadata: Optional[Mapping[str, str]] = Non
     if nonfinite:
         raise ValueError(f"Refusing to save {path_str}: the model has NaN or Inf weights in "
                          f"{_listing(nonfinite)}.")
+    if dtype == "float16":
+        big = [n for n, a in tensors.items() if a.size and np.abs(a).max() > np.finfo(np.float16).max]
+        if big:
+            raise ValueError(f"Refusing to save {path_str} as float16: {_listing(big)} exceed "
+                             "float16's range (65504); save as float32.")
+        tensors = {n: a.astype(np.float16) for n, a in tensors.items()}
 
     meta = dict(user_meta)
     meta.update({
