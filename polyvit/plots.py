@@ -77,21 +77,29 @@ def read_log(path: str) -> List[dict]:
 
 
 def plot_curves(logs: Dict[str, str], path: str, title: str = "") -> str:
-    """Accuracy / fidelity / train loss per epoch for each named log ({label: log.jsonl})."""
+    """Accuracy / fidelity / train loss per epoch for each named log ({label: log.jsonl}).
+
+    Logs without a teacher (a teacher's own training) have no fidelity: when none of them has
+    one, the fidelity panel is left out rather than drawn empty."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for label, log in logs.items():
-        ep = [r for r in read_log(log) if r.get("type") == "epoch"]
-        if not ep:
-            continue
+    runs = {label: [r for r in read_log(log) if r.get("type") == "epoch"]
+            for label, log in logs.items()}
+    runs = {label: ep for label, ep in runs.items() if ep}
+    with_fidelity = any("fidelity" in (r.get("eval") or {}) for ep in runs.values() for r in ep)
+    panels = ["top-1 (%)"] + (["fidelity (%)"] if with_fidelity else []) + \
+        ["train loss (each run's own objective)"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 0.1, 3.6))
+    top, loss = axes[0], axes[-1]
+    for label, ep in runs.items():
         x = np.arange(1, len(ep) + 1)
         ev = [r.get("eval") or {} for r in ep]
+        marker = "o" if len(ep) <= 30 else None        # a hundred markers hide the line
         if any("student_top1" in e for e in ev):
-            axes[0].plot(x, [100 * e.get("student_top1", np.nan) for e in ev], marker="o", label=label)
-        if any("fidelity" in e for e in ev):
-            axes[1].plot(x, [100 * e.get("fidelity", np.nan) for e in ev], marker="o", label=label)
-        axes[2].plot(x, [r["train_loss"] for r in ep], marker="o", label=label)
-    for ax, t in zip(axes, ("top-1 (%)", "fidelity (%)", "train loss (each run's own objective)")):
+            top.plot(x, [100 * e.get("student_top1", np.nan) for e in ev], marker=marker, label=label)
+        if with_fidelity and any("fidelity" in e for e in ev):
+            axes[1].plot(x, [100 * e.get("fidelity", np.nan) for e in ev], marker=marker, label=label)
+        loss.plot(x, [r["train_loss"] for r in ep], marker=marker, label=label)
+    for ax, t in zip(axes, panels):
         ax.set_title(t)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
