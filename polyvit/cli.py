@@ -16,6 +16,8 @@ import shlex
 import sys
 from typing import Any, Optional
 
+from . import _clock
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -88,6 +90,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 # ---- subcommands ---------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    _clock.install()   # epochs and rows are timed without a Ctrl-Z pause (see _clock)
     import polyvit
     from .training import Stage, Trainer
 
@@ -137,6 +140,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    _clock.install()   # epochs and rows are timed without a Ctrl-Z pause (see _clock)
     from .losses import Loss
     from .training import Distiller, Stage
 
@@ -194,6 +198,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_experiment(args) -> int:
+    _clock.install()   # epochs and rows are timed without a Ctrl-Z pause (see _clock)
     from . import experiment
 
     dev = _device(args)

@@ -20,11 +20,11 @@ import json
 import os
 import platform
 import sys
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import _clock
 from . import fit as fitting
 from . import mpc
 from .config import normalise_blocks
@@ -185,7 +185,7 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                 if progress:
                     print(f"{label} {mth}: kept from {done}", file=sys.stderr, flush=True)
                 continue
-            t = time.time()
+            t = _clock.now()
             progressive = n > 1
             if progressive:   # the stages replace the blocks, group by group
                 s = teacher.copy(max_batch=max(batch_size, 64))
@@ -207,21 +207,21 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                               trainable_coeffs=(mth == "final"), coeff_lr=coeff_lr,
                               batch_size=batch_size, seed=seed, workdir=wd, progress=progress,
                               eval_size=min(2000, len(test)), calibration_size=calibration)
-                fit_seconds = time.time() - t
+                fit_seconds = _clock.now() - t
                 extra["history"] = d.run(resume=not redo)
                 # the distillation's own clock sums its sessions (a resumed row would
                 # otherwise count only the last one); its stage fits and per-epoch
                 # evaluations are inside it
                 seconds = fit_seconds + d.wall_seconds
             else:
-                seconds = time.time() - t
+                seconds = _clock.now() - t
             r = evaluate(s, teacher, (test.images, test.labels))
             row = _row(f"{label} {mth}", mth, s, r, seconds, command, extra)
             row["config"] = label
             rows.append(row)
             if progress:
                 print(f"{label} {mth}: top-1 {r['student_top1']:.4f}, fidelity {r['fidelity']:.4f}, "
-                      f"cosine {r['logit_cosine']:.4f} ({time.time() - t:.0f} s)", file=sys.stderr,
+                      f"cosine {r['logit_cosine']:.4f} ({_clock.now() - t:.0f} s)", file=sys.stderr,
                       flush=True)
             if out:
                 with open(os.path.join(out, f"{label}-{mth}.json"), "w") as f:

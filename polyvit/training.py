@@ -19,11 +19,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import _clock
 from .config import ViTConfig, normalise_blocks
 from .losses import Loss
 from .optim import AdamW
@@ -299,7 +299,7 @@ class Trainer:
                 # that this one's log (and its curves) hold this run alone
                 os.replace(self.log_path, self.log_path + ".old")
         # wall time over every session of the run (older checkpoints did not record it)
-        self._wall_t0 = time.time() - self.state.get("wall_seconds", 0.0)
+        self._wall_t0 = _clock.now() - self.state.get("wall_seconds", 0.0)
         try:
             with _StopRequest() as stop_request:
                 return self._run(stop_after_steps, stop_request)
@@ -312,7 +312,7 @@ class Trainer:
         """Seconds this run has taken, summed over its sessions (resumes), fits and per-epoch
         evaluations included; 0 before it starts."""
         if self._wall_t0 is not None:
-            return time.time() - self._wall_t0
+            return _clock.now() - self._wall_t0
         return float(self.state.get("wall_seconds", 0.0))
 
     def _stopped(self, why: str) -> KeyboardInterrupt:
@@ -344,7 +344,7 @@ class Trainer:
                                    f"epoch {st['epoch'] + 1}/{stage.epochs}", unit="batch")
                     bar.update(st["batch"])
                 # an epoch resumed mid-way counts the earlier sessions' part of it too
-                self._epoch_t0 = time.time() - st.get("epoch_seconds", 0.0)
+                self._epoch_t0 = _clock.now() - st.get("epoch_seconds", 0.0)
                 batches = iter(loader)
                 for x, targets in batches:
                     local = st["epoch"] * n_batches + st["batch"]
@@ -392,7 +392,7 @@ class Trainer:
                     bar.close()
                 rec = {"type": "epoch", "stage": st["stage"], "epoch": st["epoch"],
                        "step": st["step"], "train_loss": st["loss_sum"] / max(1, st["loss_n"]),
-                       "seconds": time.time() - self._epoch_t0, "eval": self.evaluate()}
+                       "seconds": _clock.now() - self._epoch_t0, "eval": self.evaluate()}
                 self._epoch_t0 = None
                 st["history"].append(rec)
                 self._log(rec)
@@ -442,7 +442,7 @@ class Trainer:
             tensors["adam_m/" + n] = np.ascontiguousarray(m._moments[0][n])
             tensors["adam_v/" + n] = np.ascontiguousarray(m._moments[1][n])
         self.state["wall_seconds"] = self.wall_seconds
-        self.state["epoch_seconds"] = 0.0 if self._epoch_t0 is None else time.time() - self._epoch_t0
+        self.state["epoch_seconds"] = 0.0 if self._epoch_t0 is None else _clock.now() - self._epoch_t0
         st = dict(self.state)
         if self.log_path and os.path.exists(self.log_path):
             st["log_bytes"] = os.path.getsize(self.log_path)
