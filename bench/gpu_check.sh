@@ -16,6 +16,11 @@
 #   TEACHER_SECONDS=200 TEACHER_DATA=.gpudata/cifar10-jpeg.tar.gz bash bench/gpu_check.sh
 #       # + the wider CIFAR-10 teacher (bench/gpu_teacher.py) in 200 s, into $OUT/teacher.tar
 #       # (TEACHER_EPOCHS=100: that many epochs instead of as many as fit)
+#   TESTS=0 BENCH=0 SANITIZE=0 EXPERIMENT_SECONDS=400 TEACHER_DATA=.gpudata/cifar10-jpeg.tar.gz \
+#     bash bench/gpu_check.sh
+#       # the seed's experiment (issue 11) on the CUDA engine with results/cifar12/run.sh's
+#       # arguments, stopped after N seconds, into $OUT/experiment.tar (rows, logs, table;
+#       # EXPERIMENT_TEACHER=path: another teacher); TESTS=0 / BENCH=0 leave out steps 3 and 5
 #
 # A test failure does not stop the benchmark (device time is scarce); the script still exits
 # non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
@@ -70,6 +75,8 @@ for i in range(polyvit.cuda.device_count()):
 EOF
 
 # 3. the CUDA engine against the CPU engine
+TEST_RC=0
+if [ "${TESTS:-1}" != 0 ]; then
 stamp "pytest tests/test_cuda.py"
 set +e
 # shellcheck disable=SC2086
@@ -77,6 +84,7 @@ POLYVIT_CUDA_ERRORS="$OUT/cuda_errors.json" timeout 240 "$PY" -m pytest $PYTEST_
   -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log"
 TEST_RC=${PIPESTATUS[0]}
 set -e
+fi
 if [ -f "$OUT/cuda_errors.json" ]; then
   "$PY" - "$OUT/cuda_errors.json" <<'EOF' || true
 import json, sys
@@ -143,11 +151,33 @@ if [ "${TEACHER_SECONDS:-0}" -gt 0 ]; then
   set -e
 fi
 
+# EXPERIMENT_SECONDS=N: the seed's experiment (issue 11) on the CUDA engine, with the arguments
+# of the CPU run (results/cifar12/run.sh), stopped by SIGTERM after N seconds (finished rows
+# are kept, an unfinished distillation writes its checkpoint); one tar back without weights
+EXP_RC=0
+if [ "${EXPERIMENT_SECONDS:-0}" -gt 0 ]; then
+  EXP_TEACHER=${EXPERIMENT_TEACHER:-results/teacher-cifar12/model.safetensors}
+  stamp "polyvit experiment --device cuda (${EXPERIMENT_SECONDS}s, teacher $EXP_TEACHER)"
+  rm -rf /tmp/gpu_experiment && mkdir -p /tmp/gpu_experiment
+  set +e
+  timeout -s TERM "$EXPERIMENT_SECONDS" "$PY" -m polyvit experiment --device cuda \
+    --data "${TEACHER_DATA:?}" --teacher "$EXP_TEACHER" --configs hybrid-6 full --epochs 10 \
+    --batch-size 128 --out /tmp/gpu_experiment/out > /tmp/gpu_experiment/console.log 2>&1
+  EXP_RC=$?
+  [ "$EXP_RC" = 124 ] && echo "experiment: stopped at its ${EXPERIMENT_SECONDS}s limit" \
+    && EXP_RC=0
+  tr '\r' '\n' < /tmp/gpu_experiment/console.log | grep -v '%|\|\] *[0-9]*%' | tail -30
+  tar -C /tmp --exclude='*.safetensors' -cf "$OUT/experiment.tar" gpu_experiment
+  set -e
+fi
+
 # 5. the benchmark, in what time is left
 LEFT=$((LIMIT - SECONDS - 30))
 BUDGET=$((LEFT < 330 ? LEFT : 330))
 BENCH_RC=0
-if [ "$BUDGET" -ge 60 ]; then
+if [ "${BENCH:-1}" = 0 ]; then
+  stamp "bench/gpu_train.py skipped (BENCH=0)"
+elif [ "$BUDGET" -ge 60 ]; then
   stamp "bench/gpu_train.py (time budget ${BUDGET}s)"
   set +e
   # shellcheck disable=SC2086
@@ -172,6 +202,10 @@ fi
 if [ "$TEACHER_RC" -ne 0 ]; then
   echo "TEACHER FAILED (exit status $TEACHER_RC)"
   exit "$TEACHER_RC"
+fi
+if [ "$EXP_RC" -ne 0 ]; then
+  echo "EXPERIMENT FAILED (exit status $EXP_RC): see console.log in experiment.tar"
+  exit "$EXP_RC"
 fi
 if [ "$BENCH_RC" -ne 0 ]; then
   echo "BENCHMARK FAILED (exit status $BENCH_RC): see bench.log"

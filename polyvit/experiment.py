@@ -63,7 +63,9 @@ def config_label(name: str, depth: int) -> str:
     return f"blocks {name}"
 
 
-def machine() -> str:
+def machine(model=None) -> str:
+    """The host's processor and cores, and the GPU when ``model`` runs on one: a row's
+    wall time means little without both."""
     cpu = platform.processor() or "CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -73,7 +75,17 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    where = f"{cpu}, {os.cpu_count()} cores"
+    dev = getattr(model, "device", "cpu")
+    if dev != "cpu":
+        from . import cuda
+
+        try:
+            name = cuda.device_info(int(dev.split(":")[1]))["name"]
+        except Exception as e:  # the row is still worth writing without the GPU's name
+            name = f"a CUDA device ({type(e).__name__})"
+        where += f"; {dev} {name}"
+    return where
 
 
 def final_stages(blocks: Sequence[int], epochs: int, n: int, lr: float,
@@ -264,7 +276,7 @@ def _row(name, method, model, r, seconds, command, extra) -> Dict[str, Any]:
             "fidelity": r.get("fidelity"), "logit_cosine": r.get("logit_cosine"), "kl": r.get("kl"),
             "gelu_comparison_pct": c["gelu_comparison_pct"],
             "model_comparison_pct": c["model_comparison_pct"], "mpc_profile": c["profile"],
-            "seconds": seconds, "machine": machine(), "command": command,
+            "seconds": seconds, "machine": machine(model), "command": command,
             "blocks": r.get("blocks"), "n_test": r.get("n"), **extra}
 
 

@@ -193,3 +193,28 @@ def test_per_epoch_evaluation_takes_every_class(teacher, monkeypatch):
     d.run()
     counts = np.bincount(seen[-1], minlength=4)
     assert len(seen[-1]) == 16 and counts.min() >= 3, counts
+
+
+def test_machine_names_the_gpu_a_row_ran_on(monkeypatch):
+    """A row's "machine" says which GPU ran it: the first H200 rows recorded only the host's
+    processor, and their wall times read as CPU times."""
+    class OnGpu:
+        device = "cuda:1"
+
+    seen = []
+
+    def info(ordinal):
+        seen.append(ordinal)
+        return {"name": "NVIDIA H200"}
+
+    monkeypatch.setattr(polyvit.cuda, "device_info", info)
+    host = experiment.machine()
+    assert "cuda" not in host and host.endswith("cores")
+    assert experiment.machine(OnGpu()) == host + "; cuda:1 NVIDIA H200"
+    assert seen == [1]
+
+    def broken(ordinal):
+        raise RuntimeError("driver gone")
+
+    monkeypatch.setattr(polyvit.cuda, "device_info", broken)
+    assert experiment.machine(OnGpu()) == host + "; cuda:1 a CUDA device (RuntimeError)"
