@@ -641,7 +641,8 @@ def _cache_read(paths, fingerprint: dict) -> Optional[dict]:
         with open(jpath, "r", encoding="utf-8") as f:
             meta = json.load(f)
         if meta.get("version") != _CACHE_VERSION or meta.get("fingerprint") != fingerprint:
-            _note(f"the decoded cache {jpath} is stale (the data changed); rebuilding it")
+            _note(f"the decoded cache {jpath} is stale ({_what_changed(meta, fingerprint)}); "
+                  "rebuilding it")
             return None
         images = np.load(ipath, allow_pickle=False)
         labels = np.load(lpath, allow_pickle=False)
@@ -653,6 +654,22 @@ def _cache_read(paths, fingerprint: dict) -> Optional[dict]:
     except Exception as e:
         _note(f"the decoded cache {jpath} is unreadable ({type(e).__name__}: {e}); rebuilding it")
         return None
+
+
+def _what_changed(meta: dict, fingerprint: dict) -> str:
+    """Why a cache no longer matches, in words: an archive copied again keeps its size and
+    gets a new mtime, which is worth telling apart from an archive that grew or shrank (a
+    rewrite of the same size cannot be told from a copy without reading it all)."""
+    if meta.get("version") != _CACHE_VERSION:
+        return f"written by cache format {meta.get('version')}, this polyvit reads {_CACHE_VERSION}"
+    old = meta.get("fingerprint") or {}
+    if "mtime_ns" in fingerprint:
+        if old.get("size") != fingerprint["size"]:
+            return f"the archive's size changed: {old.get('size')} -> {fingerprint['size']} bytes"
+        return "the archive's modification time changed, not its size"
+    if old.get("files") != fingerprint.get("files"):
+        return f"the folder's file count changed: {old.get('files')} -> {fingerprint.get('files')}"
+    return "a file in the folder was added, removed, resized or modified"
 
 
 def _cache_write(paths, fingerprint: dict, ds: Dataset, skipped: List[str]) -> None:

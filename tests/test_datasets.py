@@ -308,14 +308,18 @@ def test_image_folder_cache(tmp_path, rng, monkeypatch, capsys):
     _save(str(root / "cat" / "zzz.png"), np.zeros((7, 9, 3), np.uint8), "PNG")
     capsys.readouterr()
     c = load_image_folder(str(root), cache_dir=str(cache), progress=False)
-    assert len(c) == len(a) + 1 and "stale" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(c) == len(a) + 1 and "stale (the folder's file count changed" in err, err
     np.testing.assert_array_equal(c.images[6], 0)  # the last of "cat"
     # ... and a file rewritten in place (same name, new content and mtime)
     p = root / "ant" / "000.png"
     _save(str(p), np.full((7, 9, 3), 200, np.uint8), "PNG")
     os.utime(p, ns=(time.time_ns(), time.time_ns() + 10_000_000))
+    capsys.readouterr()
     d = load_image_folder(str(root), cache_dir=str(cache), progress=False)
     np.testing.assert_array_equal(d.images[0], 200)
+    assert "stale (a file in the folder was added, removed, resized or modified)" in \
+        capsys.readouterr().err
     # a corrupt cache is rebuilt, with a note
     npy = next(f for f in os.listdir(cache) if f.endswith(".images.npy"))
     (cache / npy).write_bytes(b"garbage")
@@ -471,3 +475,32 @@ def test_shared_archive_missing(tmp_path, monkeypatch):
         os.path.join("shared", "data", "cifar10-jpeg.tar.gz"))
     with pytest.raises(ValueError, match="split"):
         load_cifar10_jpeg("valid")
+
+
+def test_a_stale_archive_cache_says_what_changed(tmp_path, capsys):
+    """An archive copied again (same bytes, new mtime) and an archive with new content are told
+    apart in the rebuild note; both rebuild."""
+    src = tmp_path / "src"
+    for c in ("ant", "bee"):
+        for i in range(2):
+            _save(str(src / c / f"{i}.png"), np.full((4, 4, 3), 10 * i, np.uint8), "PNG")
+    arc, cache = tmp_path / "set.tar", tmp_path / "cache"
+
+    def pack(extra=False):
+        with tarfile.open(arc, "w") as t:
+            for c in ("ant", "bee"):
+                t.add(src / c, arcname=c)
+            if extra:   # enough members to outgrow the tar's 10,240-byte record
+                for k in range(12):
+                    t.add(src / "ant" / "0.png", arcname=f"bee/9{k:02d}.png")
+
+    pack()
+    load_image_folder(str(arc), cache_dir=str(cache), progress=False)
+    st = os.stat(arc)
+    os.utime(arc, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    capsys.readouterr()
+    assert len(load_image_folder(str(arc), cache_dir=str(cache), progress=False)) == 4
+    assert "the archive's modification time changed, not its size" in capsys.readouterr().err
+    pack(extra=True)
+    assert len(load_image_folder(str(arc), cache_dir=str(cache), progress=False)) == 16
+    assert "the archive's size changed" in capsys.readouterr().err
