@@ -185,6 +185,10 @@ def main(argv=None) -> int:
     if getattr(args, "func", None) is not None:
         try:
             return args.func(args)
+        except BrokenPipeError:
+            # the reader went away (`... report --rows R | head`): no error, no traceback at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except (cli.UserError, ValueError, TypeError, OSError, ImportError) as e:
             print(f"python -m polyvit {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
             return 2

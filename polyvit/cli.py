@@ -6,6 +6,7 @@ whole experiment. Registered into ``python -m polyvit`` by ``polyvit/__main__.py
     python -m polyvit distill --teacher T.safetensors --student s.safetensors --epochs 5 --out runs/distill
     python -m polyvit evaluate --student s.safetensors --teacher T.safetensors
     python -m polyvit report --logs runs/distill/log.jsonl --plot curves.png
+    python -m polyvit report --rows results/cifar12 --plot results/cifar12/curves.png
     python -m polyvit experiment --teacher T.safetensors --configs hybrid-2 full --epochs 2 --out results/x
 """
 from __future__ import annotations
@@ -181,6 +182,10 @@ def cmd_evaluate(args) -> int:
 def cmd_report(args) -> int:
     from .plots import plot_curves, read_log
 
+    if not args.logs and not args.rows:
+        raise UserError("report needs --logs (training logs) or --rows (an experiment folder)")
+    if args.rows:
+        return _report_rows(args)
     logs = {os.path.basename(os.path.dirname(os.path.abspath(p))) or p: p for p in args.logs}
     for label, p in logs.items():
         if not os.path.exists(p):
@@ -193,6 +198,40 @@ def cmd_report(args) -> int:
                   " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
     if args.plot:
         plot_curves(logs, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _report_rows(args) -> int:
+    """The table of an experiment folder as it stands, finished or not."""
+    from . import experiment
+
+    if args.logs:
+        raise UserError("report takes --logs or --rows, not both")
+    try:
+        rows, running = experiment.collect(args.rows)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if not rows and not running:
+        raise UserError(f"{args.rows} holds no experiment rows and no distillation logs yet")
+    print(experiment.table(rows) if rows else "(no finished rows yet)")
+    for r in running:
+        ev = r["last"] or {}
+        last = "" if not ev else (f"; after the last, top-1 {100 * ev['student_top1']:.2f}, "
+                                  f"fidelity {100 * ev.get('fidelity', float('nan')):.2f} on the "
+                                  f"per-epoch evaluation images")
+        print(f"in progress: {r['name']}, {r['epochs']} epochs logged{last} ({r['log']})")
+    if args.plot:
+        from .plots import plot_curves
+
+        logs = {f"{r['name']}": os.path.join(args.rows, "runs", f"{r['config']}-{r['method']}",
+                                             "log.jsonl")
+                for r in rows if r.get("method") in ("V3", "final") and "config" in r}
+        logs = {k: v for k, v in logs.items() if os.path.exists(v)}
+        logs.update({f"{r['name']} (in progress)": r["log"] for r in running if r["epochs"]})
+        if not logs:
+            raise UserError(f"{args.rows} has no distillation epochs to plot yet")
+        plot_curves(logs, args.plot, experiment.CURVES_TITLE)
         print(f"wrote {args.plot}")
     return 0
 
@@ -281,8 +320,11 @@ def register(sub) -> None:
     p.add_argument("--out", help="write the JSON here too")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="summarise training logs, plot curves")
-    p.add_argument("--logs", nargs="+", required=True)
+    p = sub.add_parser("report", help="summarise training logs or an experiment folder, plot "
+                                      "curves")
+    p.add_argument("--logs", nargs="+", help="training logs (log.jsonl) to summarise")
+    p.add_argument("--rows", help="an experiment's --out folder: its table so far, and the "
+                                  "distillations still in progress")
     p.add_argument("--plot", help="PNG of accuracy/fidelity/loss per epoch")
     p.set_defaults(func=cmd_report)
 

@@ -20,12 +20,13 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _clock
 from . import fit as fitting
+from ._fs import atomic_save
 from . import mpc
 from .config import normalise_blocks
 from .losses import Loss
@@ -175,8 +176,9 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
     rows: List[Dict[str, Any]] = []
     base = evaluate(teacher, teacher, (test.images, test.labels))
     rows.append(_row("teacher (GELU)", "GELU", teacher, base, 0.0, command, {}))
-    if out:
+    if out:   # the teacher's row first, so that a run stopped midway can be reported (collect)
         os.makedirs(out, exist_ok=True)
+        _write_json(os.path.join(out, "teacher.json"), rows[0])
     for name in configs:
         blocks = parse_config(name, depth)
         label = config_label(name, depth)
@@ -236,8 +238,7 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                       f"cosine {r['logit_cosine']:.4f} ({_clock.now() - t:.0f} s)", file=sys.stderr,
                       flush=True)
             if out:
-                with open(os.path.join(out, f"{label}-{mth}.json"), "w") as f:
-                    json.dump(row, f, indent=1)
+                _write_json(os.path.join(out, f"{label}-{mth}.json"), row)
     if out:
         logs = {f"{r['name']}": os.path.join(out, "runs", f"{r['config']}-{r['method']}", "log.jsonl")
                 for r in rows[1:] if r["method"] in ("V3", "final")}
@@ -246,15 +247,62 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
             try:
                 from .plots import plot_curves
 
-                plot_curves(logs, os.path.join(out, "curves.png"),
-                            "distillation: student accuracy, fidelity and loss per epoch")
+                plot_curves(logs, os.path.join(out, "curves.png"), CURVES_TITLE)
             except ImportError:
                 pass
-        with open(os.path.join(out, "teacher.json"), "w") as f:
-            json.dump(rows[0], f, indent=1)
-        with open(os.path.join(out, "table.md"), "w") as f:
-            f.write(table(rows) + "\n")
+        atomic_save(os.path.join(out, "table.md"), lambda f: f.write((table(rows) + "\n").encode()))
     return rows
+
+
+CURVES_TITLE = "distillation: student accuracy, fidelity and loss per epoch"
+
+
+def _write_json(path: str, obj) -> None:
+    # atomically: a run killed while writing must not leave a row that the next run cannot read
+    atomic_save(path, lambda f: f.write(json.dumps(obj, indent=1).encode("utf-8")))
+
+
+def collect(out: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """What an experiment folder holds so far, for a run that spans sessions: the finished rows
+    in the table's order (the teacher, then each configuration's V1, V2, V3, final; the
+    configurations from the fewest replaced blocks to the most), and the distillations under
+    ``out/runs/`` that have no row yet, each as ``{"name", "log", "epochs", "last"}`` (epochs
+    logged, the last epoch's evaluation)."""
+    from .plots import read_log   # plots needs matplotlib only to draw
+
+    if not os.path.isdir(out):
+        raise FileNotFoundError(f"no experiment folder at {out}")
+    rows, teacher = [], None
+    for fn in sorted(os.listdir(out)):
+        if not fn.endswith(".json"):
+            continue
+        path = os.path.join(out, fn)
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable row ({type(e).__name__}: {e})") from None
+        if not isinstance(r, dict) or "method" not in r or "top1" not in r:
+            continue   # not a row (another tool's JSON beside them)
+        if r["method"] == "GELU":
+            teacher = r
+        else:
+            rows.append(r)
+    order = {m: i for i, m in enumerate(METHODS)}
+    # more replaced blocks: fewer GELU comparisons left; the seed's layout lists Hybrid before Full
+    rows.sort(key=lambda r: (-r.get("gelu_comparison_pct", 0), r.get("config", r["name"]),
+                             order.get(r["method"], len(order))))
+    done = {f"{r.get('config')}-{r['method']}" for r in rows}
+    running = []
+    runs = os.path.join(out, "runs")
+    for d in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        log = os.path.join(runs, d, "log.jsonl")
+        if d in done or not os.path.exists(log):
+            continue
+        epochs = [r for r in read_log(log) if r.get("type") == "epoch"]
+        running.append({"name": d.replace("-V", " V").replace("-final", " final"), "log": log,
+                        "epochs": len(epochs), "last": epochs[-1].get("eval") if epochs else None})
+    return ([teacher] if teacher else []) + rows, running
 
 
 def _try_plot_fits(student, teacher, images, blocks, path, title) -> None:

@@ -67,12 +67,18 @@ def plot_fits(model, preacts: Dict[int, np.ndarray], path: str, title: str = "")
 
 
 def read_log(path: str) -> List[dict]:
-    out = []
+    """A JSON-lines log's records. It may be read while its run appends to it: a last line cut
+    short is left out; a bad line before the last is an error."""
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
+        lines = [ln for ln in f.read().split("\n") if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines):
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
     return out
 
 

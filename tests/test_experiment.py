@@ -218,3 +218,55 @@ def test_machine_names_the_gpu_a_row_ran_on(monkeypatch):
 
     monkeypatch.setattr(polyvit.cuda, "device_info", broken)
     assert experiment.machine(OnGpu()) == host + "; cuda:1 a CUDA device (RuntimeError)"
+
+
+def test_an_unfinished_experiment_can_be_reported(teacher, tmp_path, monkeypatch, capsys):
+    """collect / `report --rows`: the table of the rows finished so far, in the seed's order
+    whatever order the configurations ran in, and the distillation still in progress."""
+    from polyvit.__main__ import main
+
+    _run(teacher, tmp_path, configs=["full", "hybrid-2"], methods=["V1", "V2", "V3"])
+    # make Full-4 V3 look interrupted: no row yet, its log cut in the middle of a line
+    os.remove(tmp_path / "Full-4-V3.json")
+    log = tmp_path / "runs" / "Full-4-V3" / "log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"type": "step", "sta')
+    (tmp_path / "notes.json").write_text('{"unrelated": true}')   # not a row: left out
+    rows, running = experiment.collect(str(tmp_path))
+    assert [r["name"] for r in rows] == ["teacher (GELU)", "Hybrid-2 V1", "Hybrid-2 V2",
+                                         "Hybrid-2 V3", "Full-4 V1", "Full-4 V2"]
+    assert [(r["name"], r["epochs"]) for r in running] == [("Full-4 V3", 2)]
+    assert set(running[0]["last"]) >= {"student_top1", "fidelity"}
+
+    capsys.readouterr()
+    png = tmp_path / "curves-so-far.png"
+    assert main(["report", "--rows", str(tmp_path), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("| model | top-1 | gap |")
+    assert "| Full-4 V2 |" in out and "| Full-4 V3 |" not in out
+    assert "in progress: Full-4 V3, 2 epochs logged; after the last, top-1" in out
+    assert png.stat().st_size > 10_000
+
+    # bad input: one line, exit 2
+    for argv, msg in [(["report"], "needs --logs"),
+                      (["report", "--rows", str(tmp_path / "none")], "no experiment folder"),
+                      (["report", "--rows", str(tmp_path), "--logs", str(log)], "not both")]:
+        assert main(argv) == 2
+        assert msg in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--rows", str(tmp_path / "empty")]) == 2
+    assert "no experiment rows" in capsys.readouterr().err
+    (tmp_path / "Hybrid-2-V1.json").write_text('{"name": ')
+    assert main(["report", "--rows", str(tmp_path)]) == 2
+    assert "Hybrid-2-V1.json is not a readable row" in capsys.readouterr().err
+
+
+def test_the_teacher_row_is_written_before_any_method_runs(teacher, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("stopped in V1")
+
+    monkeypatch.setattr(experiment, "make_student", broken)
+    with pytest.raises(RuntimeError, match="stopped in V1"):
+        _run(teacher, tmp_path, methods=["V1"])
+    rows, running = experiment.collect(str(tmp_path))
+    assert [r["method"] for r in rows] == ["GELU"] and running == []

@@ -37,3 +37,14 @@ def test_logs_without_epochs_are_skipped(tmp_path):
     student = _log(tmp_path / "student.jsonl", 3, fidelity=True)
     png = plot_curves({"empty": str(empty), "student": student}, str(tmp_path / "p.png"))
     assert imread(png).shape[1] > 0
+
+
+def test_read_log_while_its_run_appends(tmp_path):
+    from polyvit.plots import read_log
+
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"type": "epoch", "epoch": 0}\n\n{"type": "epoch", "epoch": 1}\n{"type": "st')
+    assert [r["epoch"] for r in read_log(str(p))] == [0, 1]      # the cut last line left out
+    p.write_text('{"type": "epoch", "epoch": 0}\n{"type": "st\n{"type": "epoch", "epoch": 1}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_log(str(p))
