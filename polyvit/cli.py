@@ -224,11 +224,7 @@ def _report_rows(args) -> int:
     if args.plot:
         from .plots import plot_curves
 
-        logs = {f"{r['name']}": os.path.join(args.rows, "runs", f"{r['config']}-{r['method']}",
-                                             "log.jsonl")
-                for r in rows if r.get("method") in ("V3", "final") and "config" in r}
-        logs = {k: v for k, v in logs.items() if os.path.exists(v)}
-        logs.update({f"{r['name']} (in progress)": r["log"] for r in running if r["epochs"]})
+        logs = experiment.distill_logs(args.rows, rows, running)
         if not logs:
             raise UserError(f"{args.rows} has no distillation epochs to plot yet")
         plot_curves(logs, args.plot, experiment.CURVES_TITLE)

@@ -240,9 +240,7 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
             if out:
                 _write_json(os.path.join(out, f"{label}-{mth}.json"), row)
     if out:
-        logs = {f"{r['name']}": os.path.join(out, "runs", f"{r['config']}-{r['method']}", "log.jsonl")
-                for r in rows[1:] if r["method"] in ("V3", "final")}
-        logs = {k: v for k, v in logs.items() if os.path.exists(v)}
+        logs = distill_logs(out, rows)
         if logs:
             try:
                 from .plots import plot_curves
@@ -255,6 +253,17 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
 
 
 CURVES_TITLE = "distillation: student accuracy, fidelity and loss per epoch"
+
+
+def distill_logs(out: str, rows: Sequence[Dict[str, Any]],
+                 running: Sequence[Dict[str, Any]] = ()) -> Dict[str, str]:
+    """The per-epoch logs of an experiment folder's distillations, name -> path, for the curves:
+    the finished V3 and final rows' (where the log is still there), then those in progress."""
+    logs = {r["name"]: os.path.join(out, "runs", f"{r['config']}-{r['method']}", "log.jsonl")
+            for r in rows if r.get("method") in ("V3", "final") and "config" in r}
+    logs = {k: v for k, v in logs.items() if os.path.exists(v)}
+    logs.update({f"{r['name']} (in progress)": r["log"] for r in running if r["epochs"]})
+    return logs
 
 
 def _write_json(path: str, obj) -> None:

@@ -237,6 +237,10 @@ def test_an_unfinished_experiment_can_be_reported(teacher, tmp_path, monkeypatch
                                          "Hybrid-2 V3", "Full-4 V1", "Full-4 V2"]
     assert [(r["name"], r["epochs"]) for r in running] == [("Full-4 V3", 2)]
     assert set(running[0]["last"]) >= {"student_top1", "fidelity"}
+    # the curves take the finished distillations' logs and the one in progress
+    assert experiment.distill_logs(str(tmp_path), rows, running) == {
+        "Hybrid-2 V3": str(tmp_path / "runs" / "Hybrid-2-V3" / "log.jsonl"),
+        "Full-4 V3 (in progress)": str(log)}
 
     capsys.readouterr()
     png = tmp_path / "curves-so-far.png"
