@@ -7,6 +7,17 @@ import tempfile
 from typing import Callable
 
 
+def _mode_for(path: str) -> int:
+    """The permissions a plain open(path, "w") would give: the file's own where it exists, else
+    0o666 less the umask (mkstemp's temporary file is 0o600, readable by its owner alone)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_save(path: str, write: Callable) -> None:
     """Call ``write(f)`` on a temporary binary file beside ``path``, then move it into place."""
     d = os.path.dirname(os.path.abspath(path))
@@ -14,6 +25,7 @@ def atomic_save(path: str, write: Callable) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            os.fchmod(f.fileno(), _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         try:
