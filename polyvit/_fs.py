@@ -7,15 +7,29 @@ import tempfile
 from typing import Callable
 
 
+def _umask() -> int:
+    """The process's umask. Linux shows it in /proc/self/status (since 4.7), read without
+    changing it; elsewhere it can only be read by setting it and back, which for that instant
+    applies to every thread of the process."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)   # the safe mask, should another thread create a file meanwhile
+    os.umask(mask)
+    return mask
+
+
 def _mode_for(path: str) -> int:
     """The permissions a plain open(path, "w") would give: the file's own where it exists, else
     0o666 less the umask (mkstemp's temporary file is 0o600, readable by its owner alone)."""
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return 0o666 & ~_umask()
 
 
 def atomic_save(path: str, write: Callable) -> None:
