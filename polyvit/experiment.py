@@ -37,6 +37,7 @@ from .training import Distiller, Stage
 METHODS = ("V1", "V2", "V3", "final")
 V3_LOSSES = {"kd": dict(kl=0.9, ce=0.1, temperature=4.0), "mse": dict(mse=1.0, ce=0.0)}
 FINAL_LOSS = dict(mse=1.0, ce=0.0)
+PAIRED = ("student_only_correct", "teacher_only_correct", "gap_se")   # metrics.paired_gap
 
 
 def parse_config(name: str, depth: int) -> List[int]:
@@ -334,19 +335,23 @@ def _row(name, method, model, r, seconds, command, extra) -> Dict[str, Any]:
             "gelu_comparison_pct": c["gelu_comparison_pct"],
             "model_comparison_pct": c["model_comparison_pct"], "mpc_profile": c["profile"],
             "seconds": seconds, "machine": machine(model), "command": command,
-            "blocks": r.get("blocks"), "n_test": r.get("n"), **extra}
+            "blocks": r.get("blocks"), "n_test": r.get("n"),
+            **{k: r[k] for k in PAIRED if k in r and method != "GELU"}, **extra}
 
 
 def table(rows: Sequence[Dict[str, Any]]) -> str:
     """The rows as a Markdown table; "gap" is a student's top-1 minus its teacher's on the same
-    images, in points: the figure the seed reports (+0.27 Hybrid-6, -1.00 Full-12)."""
-    head = ("| model | top-1 | gap | fidelity | logit cosine | GELU comparisons | "
-            "all comparisons | wall time |\n|---|---|---|---|---|---|---|---|")
+    images, in points: the figure the seed reports (+0.27 Hybrid-6, -1.00 Full-12); "± s.e." its
+    paired standard error over the test images (blank for rows written before it was kept)."""
+    head = ("| model | top-1 | gap | ± s.e. | fidelity | logit cosine | GELU comparisons | "
+            "all comparisons | wall time |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        gap = "" if r.get("method") == "GELU" or r.get("teacher_top1") is None \
-            else f"{100 * (r['top1'] - r['teacher_top1']):+.2f}"
-        lines.append(f"| {r['name']} | {100 * r['top1']:.2f} | {gap} | {100 * r['fidelity']:.2f} | "
-                     f"{r['logit_cosine']:.4f} | {r['gelu_comparison_pct']:.0f}% | "
-                     f"{r['model_comparison_pct']:.0f}% | {r['seconds']:.0f} s |")
+        student = r.get("method") != "GELU" and r.get("teacher_top1") is not None
+        gap = f"{100 * (r['top1'] - r['teacher_top1']):+.2f}" if student else ""
+        se = f"{100 * r['gap_se']:.2f}" if student and r.get("gap_se") is not None else ""
+        lines.append(f"| {r['name']} | {100 * r['top1']:.2f} | {gap} | {se} | "
+                     f"{100 * r['fidelity']:.2f} | {r['logit_cosine']:.4f} | "
+                     f"{r['gelu_comparison_pct']:.0f}% | {r['model_comparison_pct']:.0f}% | "
+                     f"{r['seconds']:.0f} s |")
     return "\n".join(lines)

@@ -23,6 +23,23 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
+def paired_gap(student_right: np.ndarray, teacher_right: np.ndarray) -> Dict[str, Any]:
+    """How far a student's top-1 minus its teacher's, measured on the same images, can be
+    trusted: the images only the student gets right, those only the teacher gets right
+    (McNemar's discordant pairs), and the gap's paired standard error, as a fraction (the
+    standard deviation of the per-image difference over sqrt(n)). It measures the test sample's
+    noise only, for these two fixed models; a different training seed adds its own."""
+    s = np.asarray(student_right, bool)
+    t = np.asarray(teacher_right, bool)
+    if s.shape != t.shape or s.ndim != 1:
+        raise ValueError(f"paired_gap needs two equal 1-D arrays, got {s.shape} and {t.shape}")
+    n = s.size
+    d = s.astype(np.float64) - t.astype(np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"student_only_correct": int((s & ~t).sum()), "teacher_only_correct": int((t & ~s).sum()),
+            "gap_se": se}
+
+
 def evaluate(student, teacher=None, data=None, batch_size: int = 500,
              activation_samples: int = 200_000, seed: int = 0,
              progress: bool = False, activations: bool = True) -> Dict[str, Any]:
@@ -30,7 +47,8 @@ def evaluate(student, teacher=None, data=None, batch_size: int = 500,
     object with ``.images``/``.labels`` (a polyvit Dataset), or bare images.
 
     Returns top-1/top-5 of both (when labels are given), fidelity (share of images where the
-    two argmaxes agree), mean logit cosine similarity, mean KL(teacher || student), and per
+    two argmaxes agree), mean logit cosine similarity, mean KL(teacher || student), with labels
+    the top-1 gap's paired statistics (:func:`paired_gap`), and per
     block of the student: activation range (exact min/max; percentiles from a uniform
     subsample of ``activation_samples`` values) and coefficients. ``activations=False`` leaves
     the per-block part out (no ``"blocks"``) and runs the plain forward: capturing every
@@ -90,6 +108,8 @@ def evaluate(student, teacher=None, data=None, batch_size: int = 500,
             out["teacher_top1"] = float((Tl.argmax(1) == y).mean())
             out["teacher_top5"] = topk(Tl, min(5, Tl.shape[1]))
         out["fidelity"] = float((S.argmax(1) == Tl.argmax(1)).mean())
+        if y is not None:
+            out.update(paired_gap(S.argmax(1) == y, Tl.argmax(1) == y))
         cos = (S * Tl).sum(1) / np.maximum(np.linalg.norm(S, axis=1) * np.linalg.norm(Tl, axis=1),
                                            1e-30)
         out["logit_cosine"] = float(cos.mean())

@@ -73,10 +73,16 @@ def test_recipes_recorded_progressive_final_and_reuse_checked(teacher, tmp_path)
     rows = _run(teacher, tmp_path)     # the default: 2 progressive stages
     v3, final = rows[1], rows[2]
     lines = experiment.table(rows).splitlines()
-    assert lines[0].startswith("| model | top-1 | gap | fidelity |")
-    assert lines[2].split("|")[3].strip() == ""                      # the teacher: no gap
+    assert lines[0].startswith("| model | top-1 | gap | ± s.e. | fidelity |")
+    assert [c.strip() for c in lines[2].split("|")[3:5]] == ["", ""]  # the teacher: no gap
     gap = 100 * (final["top1"] - final["teacher_top1"])
     assert lines[4].split("|")[3].strip() == f"{gap:+.2f}" and final["teacher_top1"] == rows[0]["top1"]
+    assert lines[4].split("|")[4].strip() == f"{100 * final['gap_se']:.2f}"
+    # the discordant pairs account for the whole gap, on the row's own test images
+    n = final["n_test"]
+    assert final["student_only_correct"] - final["teacher_only_correct"] == \
+        round(n * (final["top1"] - final["teacher_top1"]))
+    assert "gap_se" not in rows[0]
     assert v3["recipe"]["loss"] == {"kl": 0.9, "ce": 0.1, "temperature": 4.0}
     assert v3["recipe"]["trainable_coeffs"] is False and v3["recipe"]["coeff_lr"] is None
     assert final["recipe"]["loss"] == {"mse": 1.0, "ce": 0.0} and final["recipe"]["trainable_coeffs"]
@@ -274,3 +280,33 @@ def test_the_teacher_row_is_written_before_any_method_runs(teacher, tmp_path, mo
         _run(teacher, tmp_path, methods=["V1"])
     rows, running = experiment.collect(str(tmp_path))
     assert [r["method"] for r in rows] == ["GELU"] and running == []
+
+
+def test_paired_backfill_matches_a_fresh_row_and_refuses_another_model(teacher, tmp_path, capsys):
+    """results/paired.py gives an older row (no paired statistics) the figures a fresh run
+    writes, from its distillation's checkpoint; a checkpoint that is not the row's model is
+    refused and the row left as it is."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "paired", os.path.join(os.path.dirname(__file__), "..", "results", "paired.py"))
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    test = _data(64, 3)
+    rows = _run(teacher, tmp_path)
+    fresh = {r["method"]: r for r in rows}
+    for m in ("V3", "final"):                       # make them look like older rows
+        path = tmp_path / f"Full-4-{m}.json"
+        row = json.loads(path.read_text())
+        for k in experiment.PAIRED:
+            del row[k]
+        path.write_text(json.dumps(row, indent=1))
+    # V3's checkpoint replaced by final's: another model
+    ck = tmp_path / "runs" / "Full-4-V3" / "checkpoint.safetensors"
+    ck.write_bytes((tmp_path / "runs" / "Full-4-final" / "checkpoint.safetensors").read_bytes())
+    assert paired.backfill(str(tmp_path), teacher, test) == 1
+    final = json.loads((tmp_path / "Full-4-final.json").read_text())
+    assert {k: final[k] for k in experiment.PAIRED} == {k: fresh["final"][k] for k in experiment.PAIRED}
+    assert "gap_se" not in json.loads((tmp_path / "Full-4-V3.json").read_text())
+    assert "not the same model" in capsys.readouterr().err
+    assert f"{100 * final['gap_se']:.2f} |" in (tmp_path / "table.md").read_text()

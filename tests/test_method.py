@@ -137,9 +137,29 @@ def test_evaluate_metrics_by_hand(teacher):
         assert b["min"] == pytest.approx(float(acts[b["block"]].min()))
         assert b["max"] == pytest.approx(float(acts[b["block"]].max()))
         assert set(b["coefficients"]) == set("abcs")
+    sr, tr = S.argmax(1) == y, T.argmax(1) == y
+    assert r["student_only_correct"] == int((sr & ~tr).sum())
+    assert r["teacher_only_correct"] == int((tr & ~sr).sum())
+    d = sr.astype(float) - tr.astype(float)
+    assert r["gap_se"] == pytest.approx(np.sqrt(((d - d.mean()) ** 2).sum() / 19 / 20), rel=1e-12)
     same = metrics.evaluate(teacher, teacher, (x, y))
     assert same["fidelity"] == 1.0 and same["logit_cosine"] == pytest.approx(1.0)
     assert same["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert same["student_only_correct"] == same["teacher_only_correct"] == 0 and same["gap_se"] == 0
+
+
+def test_paired_gap_by_hand():
+    """10 images: 2 only the student gets right, 4 only the teacher, 3 both, 1 neither: the
+    gap is -0.2 and its paired standard error sqrt(var(d, ddof=1) / 10)."""
+    s = np.array([1, 1, 0, 0, 0, 0, 1, 1, 1, 0], bool)
+    t = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 0], bool)
+    p = metrics.paired_gap(s, t)
+    assert p["student_only_correct"] == 2 and p["teacher_only_correct"] == 4
+    d = np.array([1, 1, -1, -1, -1, -1, 0, 0, 0, 0.0])          # mean -0.2
+    var = ((d + 0.2) ** 2).sum() / 9
+    assert p["gap_se"] == pytest.approx(np.sqrt(var / 10), rel=1e-12)
+    with pytest.raises(ValueError, match="two equal 1-D arrays"):
+        metrics.paired_gap(s, t[:5])
 
 
 def test_evaluate_without_activations(teacher, monkeypatch):
