@@ -35,7 +35,8 @@ def paired_gap(student_right: np.ndarray, teacher_right: np.ndarray) -> Dict[str
         raise ValueError(f"paired_gap needs two equal 1-D arrays, got {s.shape} and {t.shape}")
     n = s.size
     d = s.astype(np.float64) - t.astype(np.float64)
-    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    # one image has no spread to estimate: None (JSON null, a blank in the table), not NaN
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else None
     return {"student_only_correct": int((s & ~t).sum()), "teacher_only_correct": int((t & ~s).sum()),
             "gap_se": se}
 

@@ -158,6 +158,7 @@ def test_paired_gap_by_hand():
     d = np.array([1, 1, -1, -1, -1, -1, 0, 0, 0, 0.0])          # mean -0.2
     var = ((d + 0.2) ** 2).sum() / 9
     assert p["gap_se"] == pytest.approx(np.sqrt(var / 10), rel=1e-12)
+    assert metrics.paired_gap(s[:1], t[:1])["gap_se"] is None      # one image: no spread
     with pytest.raises(ValueError, match="two equal 1-D arrays"):
         metrics.paired_gap(s, t[:5])
 
