@@ -249,7 +249,7 @@ def run(teacher, train_data, test_data, configs: Sequence[str], epochs: int = 2,
                 plot_curves(logs, os.path.join(out, "curves.png"), CURVES_TITLE)
             except ImportError:
                 pass
-        atomic_save(os.path.join(out, "table.md"), lambda f: f.write((table(rows) + "\n").encode()))
+        write_table(out, rows)
     return rows
 
 
@@ -337,6 +337,11 @@ def _row(name, method, model, r, seconds, command, extra) -> Dict[str, Any]:
             "seconds": seconds, "machine": machine(model), "command": command,
             "blocks": r.get("blocks"), "n_test": r.get("n"),
             **{k: r[k] for k in PAIRED if k in r and method != "GELU"}, **extra}
+
+
+def write_table(out: str, rows: Sequence[Dict[str, Any]]) -> None:
+    """``out/table.md``: the rows' :func:`table`, written atomically."""
+    atomic_save(os.path.join(out, "table.md"), lambda f: f.write((table(rows) + "\n").encode()))
 
 
 def table(rows: Sequence[Dict[str, Any]]) -> str:

@@ -23,7 +23,6 @@ import sys
 
 import polyvit
 from polyvit import experiment
-from polyvit._fs import atomic_save
 from polyvit.cli import load_data
 from polyvit.metrics import evaluate
 
@@ -69,8 +68,7 @@ def backfill(folder: str, teacher, test) -> int:
               f"{r['teacher_only_correct']})", file=sys.stderr)
         added += 1
     rows, _ = experiment.collect(folder)
-    atomic_save(os.path.join(folder, "table.md"),
-                lambda f: f.write((experiment.table(rows) + "\n").encode()))
+    experiment.write_table(folder, rows)
     return added
 
 
