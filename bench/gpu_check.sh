@@ -21,6 +21,9 @@
 #       # the seed's experiment (issue 11) on the CUDA engine with results/cifar12/run.sh's
 #       # arguments, stopped after N seconds, into $OUT/experiment.tar (rows, logs, table;
 #       # EXPERIMENT_TEACHER=path: another teacher); TESTS=0 / BENCH=0 leave out steps 3 and 5
+#       # EXPERIMENT_PLAN=file: instead, one experiment per line of the file (its arguments,
+#       # e.g. "--configs hybrid-6 --methods final --epochs 40"), into out-<line number>,
+#       # all within EXPERIMENT_SECONDS (bench/experiment_plan.sh)
 #
 # A test failure does not stop the benchmark (device time is scarce); the script still exits
 # non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
@@ -160,10 +163,17 @@ if [ "${EXPERIMENT_SECONDS:-0}" -gt 0 ]; then
   stamp "polyvit experiment --device cuda (${EXPERIMENT_SECONDS}s, teacher $EXP_TEACHER)"
   rm -rf /tmp/gpu_experiment && mkdir -p /tmp/gpu_experiment
   set +e
-  timeout -s TERM "$EXPERIMENT_SECONDS" "$PY" -m polyvit experiment --device cuda \
-    --data "${TEACHER_DATA:?}" --teacher "$EXP_TEACHER" --configs hybrid-6 full --epochs 10 \
-    --batch-size 128 --out /tmp/gpu_experiment/out > /tmp/gpu_experiment/console.log 2>&1
-  EXP_RC=$?
+  if [ -n "${EXPERIMENT_PLAN:-}" ]; then
+    PY="$PY" bash bench/experiment_plan.sh "$EXPERIMENT_PLAN" "$EXPERIMENT_SECONDS" \
+      /tmp/gpu_experiment --device cuda --data "${TEACHER_DATA:?}" --teacher "$EXP_TEACHER" \
+      --batch-size 128 > /tmp/gpu_experiment/console.log 2>&1
+    EXP_RC=$?
+  else
+    timeout -s TERM "$EXPERIMENT_SECONDS" "$PY" -m polyvit experiment --device cuda \
+      --data "${TEACHER_DATA:?}" --teacher "$EXP_TEACHER" --configs hybrid-6 full --epochs 10 \
+      --batch-size 128 --out /tmp/gpu_experiment/out > /tmp/gpu_experiment/console.log 2>&1
+    EXP_RC=$?
+  fi
   [ "$EXP_RC" = 124 ] && echo "experiment: stopped at its ${EXPERIMENT_SECONDS}s limit" \
     && EXP_RC=0
   tr '\r' '\n' < /tmp/gpu_experiment/console.log | grep -v '%|\|\] *[0-9]*%' | tail -30
