@@ -23,7 +23,8 @@
 #       # EXPERIMENT_TEACHER=path: another teacher); TESTS=0 / BENCH=0 leave out steps 3 and 5
 #       # EXPERIMENT_PLAN=file: instead, one experiment per line of the file (its arguments,
 #       # e.g. "--configs hybrid-6 --methods final --epochs 40"), into out-<line number>,
-#       # all within EXPERIMENT_SECONDS (bench/experiment_plan.sh)
+#       # all within EXPERIMENT_SECONDS (bench/experiment_plan.sh); several files ("a.txt b.txt"):
+#       # one lane each, run side by side, into /tmp/gpu_experiment/<file name>
 #
 # A test failure does not stop the benchmark (device time is scarce); the script still exits
 # non-zero at the end. A failed build, or a build without the CUDA engine, stops it at once.
@@ -160,14 +161,37 @@ fi
 EXP_RC=0
 if [ "${EXPERIMENT_SECONDS:-0}" -gt 0 ]; then
   EXP_TEACHER=${EXPERIMENT_TEACHER:-results/teacher-cifar12/model.safetensors}
+  # never past GPU_CHECK_LIMIT: 30 s kept for packing what ran (a slow build eats into it)
+  EXP_MAX=$((LIMIT - SECONDS - 30))
+  if [ "$EXPERIMENT_SECONDS" -gt "$EXP_MAX" ]; then
+    echo "experiment: ${EXPERIMENT_SECONDS}s asked, ${EXP_MAX}s left before GPU_CHECK_LIMIT"
+    EXPERIMENT_SECONDS=$((EXP_MAX > 10 ? EXP_MAX : 10))
+  fi
   stamp "polyvit experiment --device cuda (${EXPERIMENT_SECONDS}s, teacher $EXP_TEACHER)"
   rm -rf /tmp/gpu_experiment && mkdir -p /tmp/gpu_experiment
   set +e
   if [ -n "${EXPERIMENT_PLAN:-}" ]; then
-    PY="$PY" bash bench/experiment_plan.sh "$EXPERIMENT_PLAN" "$EXPERIMENT_SECONDS" \
-      /tmp/gpu_experiment --device cuda --data "${TEACHER_DATA:?}" --teacher "$EXP_TEACHER" \
-      --batch-size 128 > /tmp/gpu_experiment/console.log 2>&1
-    EXP_RC=$?
+    # several plan files: one lane each, run side by side (one small model's steps leave most
+    # of the GPU idle between kernel launches), the CPU cores shared out for augmentation
+    read -r -a PLANS <<< "$EXPERIMENT_PLAN"
+    NPLANS=${#PLANS[@]}
+    LANE_THREADS=$(( $(nproc) / NPLANS > 0 ? $(nproc) / NPLANS : 1 ))
+    PIDS=()
+    for plan in "${PLANS[@]}"; do
+      lane=$(basename "$plan" .txt)
+      dir=/tmp/gpu_experiment
+      [ "$NPLANS" -gt 1 ] && dir=/tmp/gpu_experiment/$lane && mkdir -p "$dir"
+      echo "lane $lane: $plan, $LANE_THREADS threads, into $dir"
+      OMP_NUM_THREADS=$LANE_THREADS PY="$PY" bash bench/experiment_plan.sh "$plan" \
+        "$EXPERIMENT_SECONDS" "$dir" --device cuda --data "${TEACHER_DATA:?}" \
+        --teacher "$EXP_TEACHER" --batch-size 128 > "$dir/console.log" 2>&1 &
+      PIDS+=($!)
+    done
+    for pid in "${PIDS[@]}"; do
+      wait "$pid"
+      r=$?
+      [ "$r" != 0 ] && EXP_RC=$r
+    done
   else
     timeout -s TERM "$EXPERIMENT_SECONDS" "$PY" -m polyvit experiment --device cuda \
       --data "${TEACHER_DATA:?}" --teacher "$EXP_TEACHER" --configs hybrid-6 full --epochs 10 \
@@ -176,7 +200,11 @@ if [ "${EXPERIMENT_SECONDS:-0}" -gt 0 ]; then
   fi
   [ "$EXP_RC" = 124 ] && echo "experiment: stopped at its ${EXPERIMENT_SECONDS}s limit" \
     && EXP_RC=0
-  tr '\r' '\n' < /tmp/gpu_experiment/console.log | grep -v '%|\|\] *[0-9]*%' | tail -30
+  for log in /tmp/gpu_experiment/console.log /tmp/gpu_experiment/*/console.log; do
+    [ -f "$log" ] || continue
+    echo "== $log"
+    tr '\r' '\n' < "$log" | grep -v '%|\|\] *[0-9]*%' | tail -30
+  done
   tar -C /tmp --exclude='*.safetensors' -cf "$OUT/experiment.tar" gpu_experiment
   set -e
 fi
