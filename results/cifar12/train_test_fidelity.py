@@ -26,8 +26,7 @@ from polyvit.metrics import evaluate
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 ROWS = ["results/cifar12/runs/Hybrid-6-V3", "results/cifar12/runs/Hybrid-6-final",
-        "results/cifar12-long/runs/Hybrid-6-V3", "results/cifar12-long/runs/Hybrid-6-final",
-        "results/cifar12-stages/runs/Hybrid-6-final"]
+        "results/cifar12-long/runs/Hybrid-6-V3", "results/cifar12-long/runs/Hybrid-6-final"]
 
 
 def main() -> int:
@@ -55,6 +54,11 @@ def main() -> int:
         print(f"{row}: fidelity train {100 * entry['train']['fidelity']:.2f} / test "
               f"{100 * entry['test']['fidelity']:.2f}, KL {entry['train']['kl']:.4f} / "
               f"{entry['test']['kl']:.4f}", file=sys.stderr)
+    if not out["rows"]:
+        # a checkout without the checkpoints must not overwrite the committed measurements
+        print("no finished row with its checkpoint here: train_test_fidelity.json left as it is",
+              file=sys.stderr)
+        return 1
     with open(os.path.join(HERE, "train_test_fidelity.json"), "w") as f:
         json.dump(out, f, indent=1)
     return 0
